@@ -1,0 +1,13 @@
+"""blipx: fast, faithful ALBEF and BLIP on C++/CUDA torch ops.
+
+``import blipx`` loads the compiled ops (``torch.ops.blipx.*``) and their fake/autograd
+registrations; the public op API is :mod:`blipx.ops`.
+"""
+
+__version__ = "0.1.0"
+
+from blipx import _native  # noqa: F401,E402  (registers torch.ops.blipx.*)
+from blipx import ops  # noqa: E402
+from blipx.momentum import MomentumEMA  # noqa: E402
+
+__all__ = ["ops", "MomentumEMA", "__version__"]

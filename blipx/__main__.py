@@ -1,0 +1,3 @@
+from blipx.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+// Feature-queue ring write with the pointer kept on the device: rows (ptr + i) % Q <- feats[i],
+// then ptr = (ptr + N) % Q. Two launches on one stream (the copy must finish reading ptr before
+// it advances), both capturable in a CUDA graph; no host sync.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace blipx {
+
+template <typename T>
+__global__ void enqueue_rows_kernel(T* __restrict__ queue, const int64_t* __restrict__ ptr, const T* __restrict__ feats,
+                                    int64_t queue_size, int64_t width, int64_t rows) {
+  const int64_t start = ((*ptr % queue_size) + queue_size) % queue_size;
+  const int64_t total = rows * width;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / width;
+    const int64_t c = i - r * width;
+    int64_t dst = start + r;
+    if (dst >= queue_size) dst -= queue_size;
+    queue[dst * width + c] = feats[i];
+  }
+}
+
+template <typename I>
+__global__ void enqueue_advance_kernel(I* ptr, int64_t queue_size, int64_t rows) {
+  const int64_t start = ((*ptr % queue_size) + queue_size) % queue_size;
+  *ptr = (start + rows) % queue_size;
+}
+
+template <typename T>
+cudaError_t enqueue_launch(T* queue, int64_t* ptr, const T* feats, int64_t queue_size, int64_t width, int64_t rows,
+                           cudaStream_t stream) {
+  const int64_t total = rows * width;
+  if (total > 0) {
+    constexpr int threads = 256;
+    const int64_t want = (total + threads - 1) / threads;
+    const unsigned blocks = static_cast<unsigned>(want < 4096 ? want : 4096);
+    enqueue_rows_kernel<T><<<blocks, threads, 0, stream>>>(queue, ptr, feats, queue_size, width, rows);
+    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  }
+  enqueue_advance_kernel<int64_t><<<1, 1, 0, stream>>>(ptr, queue_size, rows);
+  return cudaGetLastError();
+}
+
+}  // namespace blipx

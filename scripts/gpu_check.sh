@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# GPU check: on a CUDA machine with torch preinstalled and no network, build blipx in place,
+# run the op tests (CUDA cases included), compute-sanitizer memcheck on short CUDA op tests,
+# then the benchmarks, printing their tables. Target: under 6 minutes on an H100.
+#   scripts/gpu_check.sh            (PYTHON=..., TORCH_CUDA_ARCH_LIST=... to override)
+# Logs and JSON rows go to $OUT (the device tool's output folder) when set, else ./gpu-check/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+LOG=${OUT:-gpu-check}
+mkdir -p "$LOG"
+# Build only for the card that is here: halves the compile time of the default 8.0;9.0.
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  export TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+fi
+status=0
+step() { echo; echo "=== $1 ($(date +%T))"; }
+
+step "build (archs $TORCH_CUDA_ARCH_LIST)"
+t0=$(date +%s)
+$PY -m pip install -q --no-build-isolation --no-deps --no-index -e . >"$LOG/build.log" 2>&1 || { tail -40 "$LOG/build.log"; exit 1; }
+echo "built in $(( $(date +%s) - t0 )) s"
+$PY -m blipx info
+
+step "op tests (CPU + CUDA)"
+$PY -m pytest -q -x tests/ops tests/test_momentum_ema.py 2>&1 | tail -15 || status=1
+
+step "compute-sanitizer memcheck on short CUDA op tests"
+if command -v compute-sanitizer >/dev/null; then
+  compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider \
+    tests/ops/test_momentum_update.py tests/ops/test_enqueue.py -k "cuda and not compile" 2>&1 | tail -8
+  rc=${PIPESTATUS[0]}; echo "compute-sanitizer exit code: $rc"; [ "$rc" = 0 ] || status=1
+else
+  echo "compute-sanitizer not found: skipped"
+fi
+
+step "benchmarks"
+$PY -m blipx bench --out "$LOG/bench.jsonl" || status=1
+echo; echo "gpu_check: $([ $status = 0 ] && echo OK || echo FAILURES)"
+exit $status
