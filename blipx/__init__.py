@@ -9,5 +9,6 @@ __version__ = "0.1.0"
 from blipx import _native  # noqa: F401,E402  (registers torch.ops.blipx.*)
 from blipx import ops  # noqa: E402
 from blipx.momentum import MomentumEMA  # noqa: E402
+from blipx import models  # noqa: E402
 
-__all__ = ["ops", "MomentumEMA", "__version__"]
+__all__ = ["ops", "models", "MomentumEMA", "__version__"]

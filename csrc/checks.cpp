@@ -82,10 +82,88 @@ HardNegativeShape check_sample_hard_negatives_args(const at::Tensor& sim, const 
                 "; positive_mask is required when sim is not square (the diagonal marks positives only for [B, B])");
   }
   if (generator.has_value() && generator->defined()) {
-    BLIPX_CHECK(generator->device().type() == sim.device().type(), op, "generator is a ", generator->device().type(),
-                " generator but sim is on ", sim.device());
+    BLIPX_CHECK(generator->device().type() == sim.device().type(), op, "generator is a ",
+                c10::DeviceTypeName(generator->device().type(), /*lower_case=*/true), " generator but sim is on ",
+                sim.device(), "; pass a generator of sim's device type");
   }
   return {b, n};
+}
+
+static void check_row_param(const char* op, const char* name, const std::optional<at::Tensor>& t, const at::Tensor& logits,
+                            bool integral) {
+  if (!t.has_value() || !t->defined()) return;
+  BLIPX_CHECK(t->dim() == 1 && t->size(0) == logits.size(0), op, name, " must be a 1-D tensor with one value per row [",
+              logits.size(0), "], got shape ", t->sizes());
+  BLIPX_CHECK(t->device() == logits.device(), op, name, " is on ", t->device(), " but logits is on ", logits.device());
+  if (integral) {
+    BLIPX_CHECK(!at::isFloatingType(t->scalar_type()) && !at::isComplexType(t->scalar_type()) &&
+                    t->scalar_type() != at::kBool,
+                op, name, " must be an integer tensor, got ", t->scalar_type());
+  } else {
+    BLIPX_CHECK(at::isFloatingType(t->scalar_type()), op, name, " must be a floating tensor, got ", t->scalar_type());
+  }
+}
+
+SampleTokensShape check_sample_tokens_args(const at::Tensor& logits, double temperature, int64_t top_k, double top_p,
+                                           const std::optional<at::Tensor>& temperatures,
+                                           const std::optional<at::Tensor>& top_ks,
+                                           const std::optional<at::Tensor>& top_ps,
+                                           const std::optional<at::Generator>& generator) {
+  constexpr const char* op = "sample_tokens";
+  BLIPX_CHECK(logits.defined(), op, "logits is undefined");
+  BLIPX_CHECK(logits.dim() == 2, op, "logits must be a 2-D [B, V] tensor, got shape ", logits.sizes());
+  const auto st = logits.scalar_type();
+  BLIPX_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, op,
+              "logits must be float32, float16 or bfloat16, got ", st);
+  BLIPX_CHECK(logits.size(1) >= 1, op, "logits must have at least one column (V >= 1), got shape ", logits.sizes());
+  BLIPX_CHECK(logits.size(1) <= int64_t{0x7fffffff}, op, "vocabularies above 2^31 - 1 are not supported");
+  // `!(x >= 0)` also rejects NaN.
+  BLIPX_CHECK(temperature >= 0.0, op, "temperature must be >= 0 (0 = greedy), got ", temperature);
+  BLIPX_CHECK(top_k >= 0, op, "top_k must be >= 0 (0 = off), got ", top_k);
+  BLIPX_CHECK(top_p >= 0.0 && top_p <= 1.0, op, "top_p must be in [0, 1] (1 = off), got ", top_p);
+  check_row_param(op, "temperatures", temperatures, logits, false);
+  check_row_param(op, "top_ks", top_ks, logits, true);
+  check_row_param(op, "top_ps", top_ps, logits, false);
+  if (generator.has_value() && generator->defined()) {
+    BLIPX_CHECK(generator->device().type() == logits.device().type(), op, "generator is a ",
+                generator->device().type(), " generator but logits is on ", logits.device());
+  }
+  return {logits.size(0), logits.size(1)};
+}
+
+BeamStepShape check_beam_search_step_args(const at::Tensor& logits, const at::Tensor& beam_scores,
+                                          const at::Tensor& sequences, int64_t cur_len, int64_t eos_token_id,
+                                          int64_t min_length, double repetition_penalty, int64_t num_beams) {
+  constexpr const char* op = "beam_search_step";
+  BLIPX_CHECK(logits.defined() && beam_scores.defined() && sequences.defined(), op, "logits, beam_scores and sequences must be defined");
+  BLIPX_CHECK(logits.dim() == 2, op, "logits must be a 2-D [B*num_beams, V] tensor, got shape ", logits.sizes());
+  const auto st = logits.scalar_type();
+  BLIPX_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, op,
+              "logits must be float32, float16 or bfloat16, got ", st);
+  BLIPX_CHECK(num_beams >= 1, op, "num_beams must be >= 1, got ", num_beams);
+  BLIPX_CHECK(num_beams <= 64, op, "num_beams must be <= 64, got ", num_beams);
+  const int64_t rows = logits.size(0), v = logits.size(1);
+  BLIPX_CHECK(rows % num_beams == 0, op, "logits has ", rows, " rows, not a multiple of num_beams = ", num_beams);
+  // top-2K over K*V candidates needs K*V >= 2K.
+  BLIPX_CHECK(v >= 2, op, "logits must have at least 2 columns (V >= 2), got shape ", logits.sizes());
+  BLIPX_CHECK(v <= int64_t{0x7fffffff}, op, "vocabularies above 2^31 - 1 are not supported");
+  BLIPX_CHECK(beam_scores.scalar_type() == at::kFloat, op, "beam_scores must be float32, got ", beam_scores.scalar_type());
+  BLIPX_CHECK(beam_scores.dim() == 1 && beam_scores.size(0) == rows, op, "beam_scores must have shape [", rows,
+              "] (one score per logits row), got ", beam_scores.sizes());
+  BLIPX_CHECK(sequences.scalar_type() == at::kLong, op, "sequences must be int64, got ", sequences.scalar_type());
+  BLIPX_CHECK(sequences.dim() == 2 && sequences.size(0) == rows, op, "sequences must have shape [", rows,
+              ", T] (one row per logits row), got ", sequences.sizes());
+  BLIPX_CHECK(cur_len >= 0 && cur_len <= sequences.size(1), op, "cur_len must be in [0, ", sequences.size(1),
+              "] (the columns of sequences), got ", cur_len);
+  BLIPX_CHECK(eos_token_id < v, op, "eos_token_id ", eos_token_id, " is outside the vocabulary of ", v,
+              " tokens (pass -1 for none)");
+  BLIPX_CHECK(repetition_penalty > 0.0, op, "repetition_penalty must be > 0, got ", repetition_penalty);
+  BLIPX_CHECK(beam_scores.device() == logits.device(), op, "beam_scores is on ", beam_scores.device(),
+              " but logits is on ", logits.device());
+  BLIPX_CHECK(sequences.device() == logits.device(), op, "sequences is on ", sequences.device(), " but logits is on ",
+              logits.device());
+  (void)min_length;  // any value is meaningful: EOS is banned while cur_len < min_length
+  return {rows / num_beams, num_beams, v};
 }
 
 }  // namespace blipx

@@ -32,4 +32,30 @@ struct HardNegativeShape {
 HardNegativeShape check_sample_hard_negatives_args(const at::Tensor& sim, const std::optional<at::Tensor>& positive_mask,
                                                    const std::optional<at::Generator>& generator);
 
+// Validates sample_tokens' arguments: logits a floating [B, V] matrix (V >= 1); scalar
+// temperature >= 0, top_k >= 0, top_p in [0, 1]; per-row tensors, when given, 1-D [B] on the
+// logits' device (temperatures/top_ps floating, top_ks integral); generator of the logits'
+// device type. Per-row values are not inspected (that would be a host sync). Returns (B, V).
+struct SampleTokensShape {
+  int64_t rows;
+  int64_t vocab;
+};
+SampleTokensShape check_sample_tokens_args(const at::Tensor& logits, double temperature, int64_t top_k, double top_p,
+                                           const std::optional<at::Tensor>& temperatures,
+                                           const std::optional<at::Tensor>& top_ks,
+                                           const std::optional<at::Tensor>& top_ps,
+                                           const std::optional<at::Generator>& generator);
+
+// Validates beam_search_step's arguments: logits floating [B*K, V] with V >= 2, beam_scores
+// float32 [B*K], sequences int64 [B*K, T] with 0 <= cur_len <= T, num_beams >= 1 dividing the
+// rows, repetition_penalty > 0, all on one device. Returns (B, K, V).
+struct BeamStepShape {
+  int64_t batch;
+  int64_t beams;
+  int64_t vocab;
+};
+BeamStepShape check_beam_search_step_args(const at::Tensor& logits, const at::Tensor& beam_scores,
+                                          const at::Tensor& sequences, int64_t cur_len, int64_t eos_token_id,
+                                          int64_t min_length, double repetition_penalty, int64_t num_beams);
+
 }  // namespace blipx

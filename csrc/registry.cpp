@@ -15,4 +15,16 @@ TORCH_LIBRARY(blipx, m) {
   // treats it as random, like torch.multinomial).
   m.def("sample_hard_negatives(Tensor sim, Tensor? positive_mask=None, Generator? generator=None) -> Tensor",
         {at::Tag::nondeterministic_seeded});
+  // One token per row of logits [B, V]: temperature (0 = greedy argmax), then top-k (ties with
+  // the k-th value kept), then top-p (a token is kept when the mass strictly above it is < p),
+  // then a draw from the renormalised rest; no sort, no host sync. Scalars apply to every row;
+  // the optional [B] tensors override them per row.
+  m.def("sample_tokens(Tensor logits, float temperature=1., int top_k=0, float top_p=1., Tensor? temperatures=None, "
+        "Tensor? top_ks=None, Tensor? top_ps=None, Generator? generator=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
+  // One beam-search step as HF's vectorised beam search: log_softmax(logits) in fp32, repetition
+  // penalty over sequences[:, :cur_len], EOS banned while cur_len < min_length, plus beam_scores,
+  // then the top 2K of each batch row's K*V candidates: (scores [B, 2K], tokens, source beams).
+  m.def("beam_search_step(Tensor logits, Tensor beam_scores, Tensor sequences, int num_beams, int cur_len, "
+        "int eos_token_id, int min_length=0, float repetition_penalty=1.) -> (Tensor, Tensor, Tensor)");
 }

@@ -22,6 +22,8 @@ __all__ = [
     "momentum_update_",
     "reference",
     "sample_hard_negatives",
+    "sample_tokens",
+    "beam_search_step",
     "set_use_kernels",
     "use_kernels",
 ]
@@ -83,3 +85,77 @@ def sample_hard_negatives(
         if kernel_for("sample_hard_negatives", sim.device):
             return torch.ops.blipx.sample_hard_negatives.default(sim, positive_mask, generator)
         return reference.sample_hard_negatives_ref(sim, positive_mask, generator)
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token per row of ``logits`` [B, V]: LongTensor [B] on logits' device.
+
+    HF's sampling warpers fused: temperature, then top-k (ties with the k-th value kept), then
+    top-p (a token is kept when the probability mass strictly above it is < p, so the token that
+    crosses p stays; at least one token), then a draw from the renormalised rest -- without
+    sorting the vocabulary and without a host sync. logits: fp32/fp16/bf16, any strides.
+    Each of temperature / top_k / top_p is a Python scalar (validated: temperature >= 0,
+    top_k >= 0, top_p in [0, 1]) or a [B] tensor of per-row values (not validated, that would
+    sync: temperature <= 0 means greedy, top_k <= 0 or >= V and top_p >= 1 mean off).
+    temperature == 0 is greedy: the first index of the row max, like torch.argmax. NaN logits
+    count as -inf; a row with +inf logits draws uniformly among them; a row with no finite or
+    +inf logit returns -1. Reproducible for a seeded ``generator`` of logits' device type.
+    Reference (the spec): :func:`blipx.ops.reference.sample_tokens_ref`.
+    """
+    temps = temperature if isinstance(temperature, torch.Tensor) else None
+    ks = top_k if isinstance(top_k, torch.Tensor) else None
+    ps = top_p if isinstance(top_p, torch.Tensor) else None
+    with torch.no_grad():
+        if kernel_for("sample_tokens", logits.device):
+            return torch.ops.blipx.sample_tokens.default(
+                logits,
+                1.0 if temps is not None else float(temperature),
+                0 if ks is not None else int(top_k),
+                1.0 if ps is not None else float(top_p),
+                temps,
+                ks,
+                ps,
+                generator,
+            )
+        return reference.sample_tokens_ref(logits, temperature, top_k, top_p, generator)
+
+
+def beam_search_step(
+    logits: torch.Tensor,
+    beam_scores: torch.Tensor,
+    sequences: torch.Tensor,
+    num_beams: int,
+    *,
+    cur_len: int | None = None,
+    eos_token_id: int | None = None,
+    min_length: int = 0,
+    repetition_penalty: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One fused beam-search step: returns (scores [B, 2K] fp32, tokens [B, 2K], source_beams [B, 2K]).
+
+    logits [B*K, V] (fp32/fp16/bf16; rows b*K .. b*K+K-1 are batch row b's K beams);
+    beam_scores fp32 [B*K] running scores; sequences int64 [B*K, T], of which the first
+    ``cur_len`` columns (default T; a preallocated buffer works) are the tokens so far, prompt
+    included. As HF's beam search: log_softmax in fp32, repetition penalty on each distinct
+    token of sequences[:, :cur_len] (ids outside [0, V) ignored), ``eos_token_id`` (None: no
+    EOS) banned while cur_len < min_length, plus the running score, then the top 2K of each batch
+    row's K*V candidates in descending order (ties to the lower beam, then token). Never builds
+    the [B, K*V] matrix; no host sync. source_beams are in [0, K) (HF's ``idx // V``).
+    Reference: :func:`blipx.ops.reference.beam_search_step_ref`.
+    """
+    cur_len = sequences.shape[1] if cur_len is None else int(cur_len)
+    eos = -1 if eos_token_id is None else int(eos_token_id)
+    with torch.no_grad():
+        if kernel_for("beam_search_step", logits.device):
+            return torch.ops.blipx.beam_search_step.default(
+                logits, beam_scores, sequences, int(num_beams), cur_len, eos, int(min_length), float(repetition_penalty)
+            )
+        return reference.beam_search_step_ref(
+            logits, beam_scores, sequences, num_beams, cur_len, eos, min_length, repetition_penalty
+        )

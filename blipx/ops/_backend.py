@@ -19,7 +19,7 @@ _use_kernels = os.environ.get("BLIPX_USE_KERNELS", "1").strip().lower() not in (
 _warned: set[tuple[str, str]] = set()
 
 # Every op blipx declares in csrc/registry.cpp, in one list for `blipx info` and the tests.
-OP_NAMES = ("momentum_update_", "enqueue_", "sample_hard_negatives")
+OP_NAMES = ("momentum_update_", "enqueue_", "sample_hard_negatives", "sample_tokens", "beam_search_step")
 
 
 def use_kernels() -> bool:

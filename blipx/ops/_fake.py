@@ -36,3 +36,24 @@ if _exists("sample_hard_negatives"):
     def _sample_hard_negatives_fake(sim, positive_mask=None, generator=None):
         torch._check(sim.dim() == 2, lambda: f"blipx.sample_hard_negatives: sim must be 2-D, got {sim.dim()}-D")
         return sim.new_empty((sim.shape[0],), dtype=torch.long)
+
+
+if _exists("sample_tokens"):
+
+    @torch.library.register_fake("blipx::sample_tokens")
+    def _sample_tokens_fake(logits, temperature=1.0, top_k=0, top_p=1.0, temperatures=None, top_ks=None,
+                            top_ps=None, generator=None):
+        torch._check(logits.dim() == 2, lambda: f"blipx.sample_tokens: logits must be 2-D, got {logits.dim()}-D")
+        return logits.new_empty((logits.shape[0],), dtype=torch.long)
+
+
+if _exists("beam_search_step"):
+
+    @torch.library.register_fake("blipx::beam_search_step")
+    def _beam_search_step_fake(logits, beam_scores, sequences, num_beams, cur_len, eos_token_id, min_length=0,
+                               repetition_penalty=1.0):
+        torch._check(logits.dim() == 2, lambda: f"blipx.beam_search_step: logits must be 2-D, got {logits.dim()}-D")
+        b = logits.shape[0] // num_beams
+        scores = logits.new_empty((b, 2 * num_beams), dtype=torch.float32)
+        tokens = logits.new_empty((b, 2 * num_beams), dtype=torch.long)
+        return scores, tokens, torch.empty_like(tokens)

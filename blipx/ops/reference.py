@@ -109,3 +109,116 @@ def sample_hard_negatives_ref(
     key = (logits - noise.log()).masked_fill(~valid, float("-inf"))
     idx = key.argmax(dim=1) if n > 0 else torch.zeros(b, dtype=torch.long, device=sim.device)
     return torch.where(valid.any(dim=1), idx, torch.full_like(idx, -1))
+
+
+def _row_param(value, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A Python scalar or a [B] tensor as a [B] tensor of ``dtype`` on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype).reshape(b)
+    return torch.full((b,), value, dtype=dtype, device=device)
+
+
+def sample_tokens_probs_ref(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """The exact distribution :func:`sample_tokens_ref` draws from: fp32 [B, V], rows summing to 1
+    (one-hot at the argmax for greedy rows; all zero for a row with no finite or +inf logit).
+
+    In fp32, per row: TemperatureLogitsWarper (``scores / temperature``), TopKLogitsWarper
+    (remove ``scores < k-th largest``, so ties with the k-th value stay), TopPLogitsWarper
+    (ascending sort, ``softmax().cumsum()``, remove where ``cum <= 1 - top_p``, always keeping the
+    largest), then ``softmax``. Each parameter is a scalar or a [B] tensor.
+    ``temperature <= 0`` means greedy: the first index of the row max (torch.argmax).
+    ``top_k <= 0`` or ``>= V`` and ``top_p >= 1`` switch the filter off; ``top_p <= 0`` keeps only
+    the max. Beyond HF: NaN logits count as -inf; a row with +inf logits draws uniformly among
+    them (the softmax's limit; HF would produce NaN). Ties in the top-p sort: HF keeps part of a
+    tie group that straddles p, the kernels keep all of it.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"sample_tokens: logits must be 2-D [B, V], got shape {tuple(logits.shape)}")
+    b, v = logits.shape
+    dev = logits.device
+    ninf = float("-inf")
+    x = logits.float().masked_fill(torch.isnan(logits), ninf)
+    t = _row_param(temperature, b, torch.float32, dev)
+    k = _row_param(top_k, b, torch.long, dev)
+    p = _row_param(top_p, b, torch.float32, dev)
+    greedy = ~(t > 0)
+    valid_row = (x > ninf).any(dim=1, keepdim=True)
+    s = x / torch.where(greedy, 1.0, t)[:, None]
+    inf_row = (s == float("inf")).any(dim=1, keepdim=True)
+    s = torch.where(inf_row, torch.where(s == float("inf"), 0.0, ninf), s)  # uniform over +inf tokens
+    # Top-k with per-row k: the k-th largest via a descending sort.
+    use_k = (k > 0) & (k < v)
+    kth = s.sort(dim=1, descending=True).values.gather(1, (k.clamp(1, v) - 1)[:, None])
+    s = s.masked_fill(use_k[:, None] & (s < kth), ninf)
+    # Top-p exactly as HF's TopPLogitsWarper (min_tokens_to_keep = 1).
+    sorted_logits, sorted_idx = torch.sort(s, descending=False)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cum <= (1 - p)[:, None]
+    remove_sorted[:, -1] = False
+    remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
+    s = s.masked_fill((p < 1)[:, None] & remove, ninf)
+    probs = torch.softmax(s, dim=-1)
+    one_hot = torch.nn.functional.one_hot(x.argmax(dim=1), v).float() if v > 0 else probs
+    probs = torch.where(greedy[:, None], one_hot, probs)
+    return torch.where(valid_row, probs, 0.0)
+
+
+def sample_tokens_ref(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row of ``logits`` [B, V]: HF's warpers (temperature -> top-k -> top-p, see
+    :func:`sample_tokens_probs_ref` for the exact rules) then ``torch.multinomial``.
+    Returns int64 [B] on logits' device; -1 for a row with no finite or +inf logit.
+    """
+    probs = sample_tokens_probs_ref(logits, temperature, top_k, top_p)
+    valid = probs.sum(dim=1) > 0
+    drawn = torch.multinomial(torch.where(valid[:, None], probs, 1.0), 1, generator=generator).squeeze(1)
+    return torch.where(valid, drawn, torch.full_like(drawn, -1))
+
+
+def beam_search_step_ref(
+    logits: torch.Tensor,
+    beam_scores: torch.Tensor,
+    sequences: torch.Tensor,
+    num_beams: int,
+    cur_len: int | None = None,
+    eos_token_id: int | None = None,
+    min_length: int = 0,
+    repetition_penalty: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of HF's vectorised beam search, as ``GenerationMixin._beam_search`` computes it.
+
+    logits: [B*K, V] (rows b*K .. b*K+K-1 are the K beams of batch row b); beam_scores: fp32
+    [B*K] running scores; sequences: int64 [B*K, T], of which the first ``cur_len`` columns
+    (default T) are the tokens so far, prompt included. Steps: ``log_softmax`` in fp32; the
+    repetition penalty on every distinct token of ``sequences[:, :cur_len]`` (multiply negative,
+    divide positive scores; ids outside [0, V) are ignored); EOS set to -inf while
+    ``cur_len < min_length``; add beam_scores; view [B, K*V]; ``topk(2K)``. Returns
+    (scores fp32 [B, 2K] descending, tokens int64 [B, 2K], source beams int64 [B, 2K] in [0, K)).
+    """
+    bk, v = logits.shape
+    k = int(num_beams)
+    b = bk // k
+    cur_len = sequences.shape[1] if cur_len is None else int(cur_len)
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    if repetition_penalty != 1.0 and cur_len > 0:
+        seq = sequences[:, :cur_len]
+        ok = (seq >= 0) & (seq < v)
+        mark = torch.zeros(bk, v + 1, dtype=torch.bool, device=lp.device)
+        mark.scatter_(1, torch.where(ok, seq, v), True)
+        penalized = torch.where(lp < 0, lp * repetition_penalty, lp / repetition_penalty)
+        lp = torch.where(mark[:, :v], penalized, lp)
+    if eos_token_id is not None and eos_token_id >= 0 and cur_len < min_length:
+        lp[:, eos_token_id] = float("-inf")
+    acc = (lp + beam_scores.float()[:, None]).view(b, k * v)
+    scores, idx = acc.topk(2 * k, dim=1)
+    return scores, idx % v, torch.div(idx, v, rounding_mode="floor")

@@ -1,0 +1,164 @@
+"""BLIP models (salesforce/BLIP): captioner, retriever (ITM + ITC) and pretraining model.
+
+Module names follow the official checkpoints (``visual_encoder``, ``text_encoder``,
+``text_decoder.{bert,cls}``, ``vision_proj``, ``text_proj``, ``itm_head``, ``*_m``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from blipx.layers.bert import BertLMHead, BertModel
+from blipx.layers.vit import VisionTransformer
+from blipx.models.base import BlipxModel
+from blipx.models.config import ModelConfig
+from blipx.models.contrastive import ContrastiveHeadsMixin
+from blipx.models.outputs import CaptionerOutput, MomentumOutput, PretrainOutput, RetrieverOutput
+
+# Keys of official/HF files that belong to other BLIP heads or to training state.
+_PRETRAIN_HEADS = (r"text_encoder\..*", r"vision_proj\..*", r"text_proj\..*", r"itm_head\..*", r"temp")
+
+
+def with_first_token(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """Copy of ``input_ids`` with column 0 set to ``token_id`` ([DEC] / [ENC] in BLIP)."""
+    ids = input_ids.clone()
+    ids[:, 0] = token_id
+    return ids
+
+
+class BlipCaptioner(BlipxModel):
+    """Image-grounded decoder: ``logits = decoder(input_ids | image)``.
+
+    ``input_ids`` should start with [DEC] (``config.text.bos_token_id``), as in HF and the
+    official training code; this forward does not rewrite it (HF parity).
+    """
+
+    family = "blip"
+    _ignore_keys = _PRETRAIN_HEADS
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.visual_encoder = VisionTransformer(config.vision)
+        self.text_decoder = BertLMHead(config.text)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> CaptionerOutput:
+        image_embeds = self.visual_encoder(pixel_values)
+        logits, _ = self.text_decoder(
+            input_ids, attention_mask, encoder_hidden_states=image_embeds, is_decoder=True
+        )
+        return CaptionerOutput(logits=logits, image_embeds=image_embeds)
+
+
+class BlipRetriever(ContrastiveHeadsMixin, BlipxModel):
+    """ITM head and ITC projections over one text encoder (BLIP ``blip_retrieval`` / ``blip_itm``).
+
+    Like HF, the caller's first token is used as is; the official retrieval code puts [ENC]
+    (``config.text.enc_token_id``) there for ITM — use :func:`with_first_token` for that.
+    """
+
+    family = "blip"
+    _ignore_keys = (r"text_decoder\..*",)
+    _optional_keys = (r"temp",)  # HF BlipForImageTextRetrieval has no temperature
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.visual_encoder = VisionTransformer(config.vision)
+        self.text_encoder = BertModel(config.text)
+        self._build_heads(config)
+        if config.momentum:
+            self._build_momentum()
+
+    def itm_logits(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """[B*G, 2] for text rows b*G..b*G+G-1 against image b (G texts per image)."""
+        h = self.text_encoder(input_ids, attention_mask, encoder_hidden_states=image_embeds).last_hidden_state
+        return self.itm_head(h[:, 0])
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        return self.text_encoder(input_ids, attention_mask, mode="text").last_hidden_state
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        use_itm_head: bool = True,
+    ) -> RetrieverOutput:
+        image_embeds = self.visual_encoder(pixel_values)
+        if use_itm_head:
+            return RetrieverOutput(image_embeds, itm_logits=self.itm_logits(image_embeds, input_ids, attention_mask))
+        image_feat = self.image_features(image_embeds)
+        text_feat = self.text_features(self.encode_text(input_ids, attention_mask))
+        return RetrieverOutput(
+            image_embeds, itc_similarity=image_feat @ text_feat.t(), image_feat=image_feat, text_feat=text_feat
+        )
+
+
+class BlipPretrainer(ContrastiveHeadsMixin, BlipxModel):
+    """BLIP pretraining model: unimodal encoder (ITC), image-grounded encoder ([ENC], ITM) and
+    image-grounded decoder ([DEC], LM), plus the momentum copies.
+
+    Encoder and decoder share every module except self-attention and the LM head (official
+    ``tie_encoder_decoder_weights``): the shared modules are the same objects, so the state
+    dict lists them under both prefixes, as official checkpoints do.
+    """
+
+    family = "blip"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.visual_encoder = VisionTransformer(config.vision)
+        self.text_encoder = BertModel(config.text)
+        self.text_decoder = BertLMHead(config.text)
+        self._build_heads(config)
+        self._tie_encoder_decoder()
+        self._build_momentum()
+
+    def _tie_encoder_decoder(self) -> None:
+        enc, dec = self.text_encoder, self.text_decoder.bert
+        enc.embeddings = dec.embeddings
+        for le, ld in zip(enc.encoder.layer, dec.encoder.layer):
+            le.crossattention = ld.crossattention
+            le.intermediate = ld.intermediate
+            le.output = ld.output
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        return self.text_encoder(input_ids, attention_mask, mode="text").last_hidden_state
+
+    def itm_logits(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """Image-grounded encoder on [ENC]-prefixed ids -> ITM logits [B*G, 2]."""
+        ids = with_first_token(input_ids, self.config.text.enc_token_id)
+        h = self.text_encoder(ids, attention_mask, encoder_hidden_states=image_embeds).last_hidden_state
+        return self.itm_head(h[:, 0])
+
+    def lm_logits(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """Decoder on [DEC]-prefixed ids -> next-token logits [B, T, V] (shift is the loss's job)."""
+        ids = with_first_token(input_ids, self.config.text.bos_token_id)
+        logits, _ = self.text_decoder(ids, attention_mask, encoder_hidden_states=image_embeds, is_decoder=True)
+        return logits
+
+    @torch.no_grad()
+    def momentum_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None):
+        """Momentum-encoder features (run after the EMA update, as the official code does)."""
+        image_embeds = self.visual_encoder_m(pixel_values)
+        text_embeds = self.text_encoder_m(input_ids, attention_mask, mode="text").last_hidden_state
+        return MomentumOutput(
+            image_embeds, self.image_features(image_embeds, True), text_embeds, self.text_features(text_embeds, True)
+        )
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> PretrainOutput:
+        """``input_ids`` start with [CLS] (unimodal encoder); ITM and LM swap in [ENC] / [DEC]."""
+        image_embeds = self.visual_encoder(pixel_values)
+        text_embeds = self.encode_text(input_ids, attention_mask)
+        return PretrainOutput(
+            image_embeds=image_embeds,
+            image_feat=self.image_features(image_embeds),
+            text_embeds=text_embeds,
+            text_feat=self.text_features(text_embeds),
+            itm_logits=self.itm_logits(image_embeds, input_ids, attention_mask),
+            lm_logits=self.lm_logits(image_embeds, input_ids, attention_mask),
+        )

@@ -1,0 +1,142 @@
+"""Pretraining tasks for ALBEF and BLIP: one ``task(batch)`` call per training step.
+
+A task owns what the official ``forward`` mixed into the model: the momentum update (one
+``MomentumEMA.update`` = one ``momentum_update_`` launch for all four encoder/projection pairs),
+the feature queues (``FeatureQueue``, written with ``enqueue_``), the alpha of momentum
+distillation, the hard-negative draw (``sample_hard_negatives``, no host sync) and the losses.
+The models only produce features and logits. Step order follows the official code: online
+forward, EMA update, momentum forward, ITC against ``[momentum batch; queue]``, enqueue, ITM with
+hard negatives drawn from the ITC similarities, then MLM (ALBEF) or LM (BLIP).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from blipx.losses import (
+    FeatureQueue,
+    build_itm_inputs,
+    clamp_temperature_,
+    itc_loss,
+    itm_loss,
+    lm_inputs_and_targets,
+    lm_loss,
+    mask_tokens,
+    mlm_loss,
+    sample_itm_negatives,
+)
+from blipx.models import AlbefPretrainer, BlipPretrainer
+from blipx.momentum import MomentumEMA
+
+
+class PretrainTask(nn.Module):
+    """Shared state of the pretraining tasks.
+
+    Args:
+        model: a ``BlipPretrainer`` / ``AlbefPretrainer`` (with its ``*_m`` copies).
+        queue_size: ITC queue length (official 57600 for 14M/4M runs; 0 = in-batch only). Any
+            size works: unlike the official code it need not be a multiple of the global batch.
+        momentum: EMA coefficient of the momentum encoders (0.995).
+        alpha: momentum-distillation weight at the end of warm-up (0.4); pass the current value
+            per step (``blipx.losses.alpha_warmup``) to ``forward`` to ramp it.
+        copy_momentum: start the momentum copies equal to the online modules (fresh models); use
+            False when the ``*_m`` weights came from a checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, queue_size: int = 57600, momentum: float = 0.995, alpha: float = 0.4,
+                 copy_momentum: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.alpha = float(alpha)
+        embed_dim = model.config.embed_dim
+        self.queue = FeatureQueue(queue_size, embed_dim) if queue_size > 0 else None
+        # Not a submodule: the momentum copies are the model's own (checkpoint keys *_m).
+        self.ema = MomentumEMA(model.momentum_pairs(), momentum=momentum, copy_weights=copy_momentum)
+
+    def _contrastive(self, out, mom, alpha: float):
+        """ITC against [momentum batch; queue], then the queue write, as the official order."""
+        q = self.queue
+        itc = itc_loss(
+            out.image_feat, out.text_feat, mom.image_feat, mom.text_feat, self.model.temp, alpha=alpha,
+            image_queue=None if q is None else q.image_queue, text_queue=None if q is None else q.text_queue,
+        )
+        if q is not None:
+            q.enqueue_(mom.image_feat, mom.text_feat)
+        b = out.image_feat.shape[0]
+        # Hard negatives by the online-vs-momentum-batch similarities (official: sim[:, :bs]).
+        negatives = sample_itm_negatives(itc.sim_i2t[:, :b], itc.sim_t2i[:, :b], generator=self._generator)
+        return itc, negatives
+
+    _generator: torch.Generator | None = None
+
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        """Draw masks and hard negatives from ``generator`` (reproducible runs) instead of the default."""
+        self._generator = generator
+
+
+class BlipPretrainTask(PretrainTask):
+    """BLIP pretraining: ``loss = loss_itc + loss_itm + loss_lm`` (blip_pretrain.py)."""
+
+    def __init__(self, model: BlipPretrainer, **kwargs) -> None:
+        if not isinstance(model, BlipPretrainer):
+            raise TypeError(f"BlipPretrainTask: model must be a BlipPretrainer, got {type(model).__name__}")
+        super().__init__(model, **kwargs)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                alpha: float | None = None, update_momentum: bool = True) -> dict[str, torch.Tensor]:
+        """pixel_values [B, 3, H, W]; input_ids [B, T] tokenized captions starting with [CLS];
+        attention_mask [B, T]. Returns ``{loss, loss_itc, loss_itm, loss_lm}`` (scalar tensors)."""
+        model = self.model
+        alpha = self.alpha if alpha is None else float(alpha)
+        clamp_temperature_(model.temp)
+        out = model(pixel_values, input_ids, attention_mask)
+        if update_momentum:
+            self.ema.update()
+        mom = model.momentum_features(pixel_values, input_ids, attention_mask)
+        itc, negatives = self._contrastive(out, mom, alpha)
+
+        # ITM: the image-grounded encoder re-encodes token ids ([ENC] first) for the 2B negatives.
+        neg = build_itm_inputs(out.image_embeds, input_ids, attention_mask, negatives)
+        neg_logits = model.itm_logits(neg["image_embeds"], neg["text_embeds"], neg["text_atts"])
+        loss_itm = itm_loss(torch.cat([out.itm_logits, neg_logits]), neg["valid"])
+
+        _, targets = lm_inputs_and_targets(input_ids, bos_token_id=model.config.text.bos_token_id)
+        loss_lm = lm_loss(out.lm_logits, targets)
+        loss = itc.loss + loss_itm + loss_lm
+        return {"loss": loss, "loss_itc": itc.loss, "loss_itm": loss_itm, "loss_lm": loss_lm}
+
+
+class AlbefPretrainTask(PretrainTask):
+    """ALBEF pretraining: ``loss = loss_itc + loss_itm + loss_mlm`` (model_pretrain.py)."""
+
+    def __init__(self, model: AlbefPretrainer, mask_prob: float = 0.15, **kwargs) -> None:
+        if not isinstance(model, AlbefPretrainer):
+            raise TypeError(f"AlbefPretrainTask: model must be an AlbefPretrainer, got {type(model).__name__}")
+        super().__init__(model, **kwargs)
+        self.mask_prob = float(mask_prob)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                alpha: float | None = None, update_momentum: bool = True) -> dict[str, torch.Tensor]:
+        """Same inputs as :meth:`BlipPretrainTask.forward`; returns ``{loss, loss_itc, loss_itm, loss_mlm}``."""
+        model = self.model
+        alpha = self.alpha if alpha is None else float(alpha)
+        clamp_temperature_(model.temp)
+        masked_ids, labels = mask_tokens(input_ids, model.config.text.vocab_size, mask_prob=self.mask_prob,
+                                         generator=self._generator)
+        out = model(pixel_values, input_ids, attention_mask, masked_input_ids=masked_ids)
+        if update_momentum:
+            self.ema.update()
+        mom = model.momentum_features(pixel_values, input_ids, attention_mask)
+        itc, negatives = self._contrastive(out, mom, alpha)
+
+        # ITM: the fusion layers take the unimodal text states of the negatives (no re-encoding).
+        neg = build_itm_inputs(out.image_embeds, out.text_embeds, attention_mask, negatives)
+        neg_logits = model.itm_logits(neg["image_embeds"], neg["text_embeds"], neg["text_atts"])
+        loss_itm = itm_loss(torch.cat([out.itm_logits, neg_logits]), neg["valid"])
+
+        with torch.no_grad():
+            logits_m = model.mlm_logits(mom.image_embeds, masked_ids, attention_mask, momentum=True)
+        loss_mlm = mlm_loss(out.mlm_logits, labels, logits_m, alpha)
+        loss = itc.loss + loss_itm + loss_mlm
+        return {"loss": loss, "loss_itc": itc.loss, "loss_itm": loss_itm, "loss_mlm": loss_mlm}
