@@ -167,3 +167,64 @@ BeamStepShape check_beam_search_step_args(const at::Tensor& logits, const at::Te
 }
 
 }  // namespace blipx
+
+namespace blipx {
+
+CrossAttentionShape check_cross_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const std::optional<at::Tensor>& key_padding_mask, double scale,
+                                               bool allow_double) {
+  constexpr const char* op = "cross_attention";
+  BLIPX_CHECK(q.defined() && k.defined() && v.defined(), op, "q, k and v must be defined");
+  BLIPX_CHECK(q.dim() == 4, op, "q must be 4-D [B*G, H, Lq, D], got shape ", q.sizes());
+  BLIPX_CHECK(k.dim() == 4, op, "k must be 4-D [B, H, Lk, D], got shape ", k.sizes());
+  BLIPX_CHECK(v.dim() == 4, op, "v must be 4-D [B, H, Lk, D], got shape ", v.sizes());
+  const auto st = q.scalar_type();
+  const bool ok_dtype = st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || (allow_double && st == at::kDouble);
+  BLIPX_CHECK(ok_dtype, op, "q must be float32, float16 or bfloat16", allow_double ? " (or float64 on the CPU)" : "",
+              ", got ", st);
+  BLIPX_CHECK(k.scalar_type() == st, op, "k dtype ", k.scalar_type(), " must match q dtype ", st);
+  BLIPX_CHECK(v.scalar_type() == st, op, "v dtype ", v.scalar_type(), " must match q dtype ", st);
+  BLIPX_CHECK(k.device() == q.device(), op, "k is on ", k.device(), " but q is on ", q.device());
+  BLIPX_CHECK(v.device() == q.device(), op, "v is on ", v.device(), " but q is on ", q.device());
+  BLIPX_CHECK(v.sizes() == k.sizes(), op, "v has shape ", v.sizes(), " but k has shape ", k.sizes(), "; they must match");
+  const int64_t b = k.size(0), h = k.size(1), lk = k.size(2), d = k.size(3);
+  BLIPX_CHECK(b >= 1, op, "k must have at least one row (B >= 1), got shape ", k.sizes());
+  BLIPX_CHECK(q.size(1) == h, op, "q has ", q.size(1), " heads but k has ", h, " (q ", q.sizes(), ", k ", k.sizes(), ")");
+  BLIPX_CHECK(q.size(3) == d, op, "q head dim ", q.size(3), " must match k head dim ", d);
+  BLIPX_CHECK(d >= 1, op, "head dim D must be >= 1, got shape ", k.sizes());
+  BLIPX_CHECK(lk >= 1, op, "k must have at least one key (Lk >= 1), got shape ", k.sizes());
+  BLIPX_CHECK(q.size(0) >= b && q.size(0) % b == 0, op, "q rows (", q.size(0), ") must be a positive multiple G*B of k rows (",
+              b, "): rows b*G .. b*G+G-1 share K/V row b");
+  BLIPX_CHECK(std::isfinite(scale), op, "scale must be finite, got ", scale);
+  if (key_padding_mask.has_value() && key_padding_mask->defined()) {
+    const auto& m = *key_padding_mask;
+    BLIPX_CHECK(m.scalar_type() == at::kBool, op, "key_padding_mask must be bool (True = ignore the key), got ",
+                m.scalar_type());
+    BLIPX_CHECK(m.dim() == 2 && m.size(0) == b && m.size(1) == lk, op, "key_padding_mask must have shape [B, Lk] = [", b,
+                ", ", lk, "], got ", m.sizes());
+    BLIPX_CHECK(m.device() == q.device(), op, "key_padding_mask is on ", m.device(), " but q is on ", q.device());
+  }
+  return {b, q.size(0) / b, h, q.size(2), lk, d};
+}
+
+void check_cross_attention_bwd_args(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& out,
+                                    const at::Tensor& lse) {
+  constexpr const char* op = "cross_attention_bwd";
+  BLIPX_CHECK(dout.defined() && out.defined() && lse.defined(), op, "dout, out and lse must be defined");
+  BLIPX_CHECK(dout.sizes() == q.sizes(), op, "dout has shape ", dout.sizes(), " but q has shape ", q.sizes());
+  BLIPX_CHECK(out.sizes() == q.sizes(), op, "out has shape ", out.sizes(), " but q has shape ", q.sizes());
+  BLIPX_CHECK(dout.scalar_type() == q.scalar_type(), op, "dout dtype ", dout.scalar_type(), " must match q dtype ",
+              q.scalar_type());
+  BLIPX_CHECK(out.scalar_type() == q.scalar_type(), op, "out dtype ", out.scalar_type(), " must match q dtype ",
+              q.scalar_type());
+  // lse is kept in the accumulation type: float32, or float64 for float64 inputs (CPU only).
+  const auto lse_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  BLIPX_CHECK(lse.scalar_type() == lse_type, op, "lse must be ", lse_type, " for ", q.scalar_type(), " inputs, got ",
+              lse.scalar_type());
+  BLIPX_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(2), op,
+              "lse must have shape [B*G, H, Lq] = [", q.size(0), ", ", q.size(1), ", ", q.size(2), "], got ", lse.sizes());
+  BLIPX_CHECK(dout.device() == q.device() && out.device() == q.device() && lse.device() == q.device(), op,
+              "dout, out and lse must be on q's device ", q.device());
+}
+
+}  // namespace blipx

@@ -59,3 +59,27 @@ BeamStepShape check_beam_search_step_args(const at::Tensor& logits, const at::Te
                                           int64_t min_length, double repetition_penalty, int64_t num_beams);
 
 }  // namespace blipx
+
+namespace blipx {
+
+// Validates cross_attention's arguments: q [B*G, H, Lq, D], k and v [B, H, Lk, D] of one
+// floating dtype (float64 only where `allow_double`, i.e. on the CPU), G >= 1, Lk >= 1, D >= 1;
+// key_padding_mask, when given, bool [B, Lk]; scale finite; all on q's device. Returns the sizes.
+struct CrossAttentionShape {
+  int64_t batch;   // B: K/V rows (images)
+  int64_t groups;  // G: query rows per K/V row
+  int64_t heads;
+  int64_t q_len;
+  int64_t k_len;
+  int64_t head_dim;
+};
+CrossAttentionShape check_cross_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const std::optional<at::Tensor>& key_padding_mask, double scale,
+                                               bool allow_double);
+
+// The backward's extra tensors: dout and out shaped and typed as q, lse [B*G, H, Lq] in float32
+// (float64 for float64 inputs).
+void check_cross_attention_bwd_args(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& out,
+                                    const at::Tensor& lse);
+
+}  // namespace blipx

@@ -27,4 +27,13 @@ TORCH_LIBRARY(blipx, m) {
   // then the top 2K of each batch row's K*V candidates: (scores [B, 2K], tokens, source beams).
   m.def("beam_search_step(Tensor logits, Tensor beam_scores, Tensor sequences, int num_beams, int cur_len, "
         "int eos_token_id, int min_length=0, float repetition_penalty=1.) -> (Tensor, Tensor, Tensor)");
+  // Text-to-image attention where G query rows share one K/V row: q [B*G, H, Lq, D], k/v
+  // [B, H, Lk, D], query rows b*G .. b*G+G-1 use K/V row b; key_padding_mask bool [B, Lk], True =
+  // ignore. Returns out [B*G, H, Lq, D] (a query with every key masked gets zeros) and the
+  // logsumexp of the scaled scores [B*G, H, Lq] (float32; float64 for float64 inputs; -inf for
+  // such a query), which the backward uses to recompute the probabilities.
+  m.def("cross_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, float scale) -> (Tensor, Tensor)");
+  // Gradients of cross_attention_fwd's out: (dq, dk, dv); dk/dv summed over the G query groups.
+  m.def("cross_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor out, "
+        "Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
 }

@@ -1,8 +1,10 @@
 """Attention for the text tower.
 
-Every text-to-image attention in blipx goes through :func:`cross_attention`, whose signature is
-the one of the fused op of issue 6, so swapping the reference for a kernel touches one line.
-Self-attention uses ``F.scaled_dot_product_attention`` with a boolean mask.
+Every text-to-image attention in blipx goes through :func:`cross_attention`, which runs the fused
+op of issue 6 (``blipx.ops.cross_attention``): in training, and in ``generate()`` where the G beams
+of an image share its K/V (projected once per layer and cached per image by the callers).
+``BLIPX_USE_KERNELS=0`` or ``blipx.ops.set_use_kernels(False)`` selects the pure-PyTorch
+reference for debugging. Self-attention uses ``F.scaled_dot_product_attention`` with a boolean mask.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blipx.ops.reference import cross_attention_ref
+from blipx import ops
 
 
 def cross_attention(
@@ -25,8 +27,9 @@ def cross_attention(
 
     Query rows ``b*G .. b*G+G-1`` (beams / return sequences of image b) share K/V row b, so
     image K/V never need ``repeat_interleave``. ``key_padding_mask``: bool [B, Lk], True = ignore.
+    The output is a transposed view of a [B*G, Lq, H, D] buffer, so ``merge_heads`` is free.
     """
-    return cross_attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
+    return ops.cross_attention(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

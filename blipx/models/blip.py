@@ -6,6 +6,9 @@ Module names follow the official checkpoints (``visual_encoder``, ``text_encoder
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 import torch
 
 from blipx.layers.bert import BertLMHead, BertModel
@@ -24,6 +27,31 @@ def with_first_token(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
     ids = input_ids.clone()
     ids[:, 0] = token_id
     return ids
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    from blipx.tokenizer import blip_tokenizer
+
+    return blip_tokenizer()
+
+
+def decoder_prompt(prompt: Any, batch: int, bos: int, device: torch.device) -> torch.Tensor:
+    """HF BLIP's decoder prompt [B, P]: ``None`` -> [[bos]]; a string is tokenized as the HF
+    processor does (``[CLS] ... [SEP]``); ids ([P] or [B, P], a list or tensor) are taken as that
+    tokenized form. Then column 0 becomes bos ([DEC]) and the last column ([SEP]) is dropped."""
+    if prompt is None:
+        return torch.full((batch, 1), bos, dtype=torch.long, device=device)
+    if isinstance(prompt, str):
+        prompt = _tokenizer()(prompt).input_ids
+    ids = torch.as_tensor(prompt, dtype=torch.long, device=device)
+    if ids.dim() == 1:
+        ids = ids[None].expand(batch, -1)
+    if ids.dim() != 2 or ids.shape[0] != batch or ids.shape[1] < 2:
+        raise ValueError(f"prompt ids must be [P] or [{batch}, P] with P >= 2, got {tuple(ids.shape)}")
+    ids = ids.clone()
+    ids[:, 0] = bos
+    return ids[:, :-1]
 
 
 class BlipCaptioner(BlipxModel):
@@ -52,6 +80,60 @@ class BlipCaptioner(BlipxModel):
             input_ids, attention_mask, encoder_hidden_states=image_embeds, is_decoder=True
         )
         return CaptionerOutput(logits=logits, image_embeds=image_embeds)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        prompt: str | torch.Tensor | list | None = None,
+        *,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = 50,
+        top_p: float | None = 1.0,
+        repetition_penalty: float = 1.0,
+        length_penalty: float = 1.0,
+        min_length: int = 0,
+        max_length: int | None = None,
+        max_new_tokens: int | None = None,
+        num_return_sequences: int = 1,
+        early_stopping: bool | str = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Caption ids [B * num_return_sequences, P + new], as HF
+        ``BlipForConditionalGeneration.generate`` returns them: prefix ([DEC] + prompt)
+        included, rows that finished early padded with 0 (greedy / sampling) or 102 (beam
+        search). ``max_length`` / ``min_length`` count the prefix; the default is 20 new tokens;
+        ``top_k`` defaults to 50 as in HF (pass ``top_k=0`` for pure nucleus sampling).
+        ``prompt``: see :func:`decoder_prompt`. The image K/V is projected once per image and
+        shared by all beams / return sequences (see :mod:`blipx.generation`).
+        """
+        from blipx.generation import generate
+
+        image_embeds = self.visual_encoder(pixel_values)
+        ids = decoder_prompt(prompt, image_embeds.shape[0], self.config.text.bos_token_id, image_embeds.device)
+        return generate(
+            self.text_decoder, image_embeds, ids, generator=generator, num_beams=num_beams, do_sample=do_sample,
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            length_penalty=length_penalty, min_length=min_length, max_length=max_length,
+            max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences, early_stopping=early_stopping,
+        )
+
+    def caption(self, images: Any, prompt: str | torch.Tensor | list | None = None, **kw) -> list[str]:
+        """Captions (prompt stripped) for PIL images, uint8 tensors or float pixel_values
+        [B, 3, S, S]; ``kw`` as :meth:`generate`. Returns B * num_return_sequences strings."""
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            pixel_values = images
+        else:
+            from blipx.image import blip_image_processor
+
+            pixel_values = blip_image_processor(self.config.vision.image_size)(images)
+        param = next(self.parameters())
+        pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+        ids = self.generate(pixel_values, prompt, **kw)
+        p = decoder_prompt(prompt, pixel_values.shape[0], self.config.text.bos_token_id, ids.device).shape[1]
+        return _tokenizer().batch_decode(ids[:, p:].tolist(), skip_special_tokens=True)
 
 
 class BlipRetriever(ContrastiveHeadsMixin, BlipxModel):

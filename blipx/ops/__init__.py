@@ -159,3 +159,33 @@ def beam_search_step(
         return reference.beam_search_step_ref(
             logits, beam_scores, sequences, num_beams, cur_len, eos, min_length, repetition_penalty
         )
+
+
+# --- issue 6: fused cross-attention -------------------------------------------------------------
+from blipx.ops import _autograd  # noqa: E402,F401  (autograd formula of cross_attention_fwd)
+
+__all__ += ["cross_attention"]
+
+
+def cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Fused text-to-image attention: ``softmax(q k^T * scale) v`` -> [B*G, H, Lq, D].
+
+    q [B*G, H, Lq, D]; k, v [B, H, Lk, D] (one dtype: fp32, fp16, bf16; fp64 on the CPU). Query
+    rows ``b*G .. b*G+G-1`` (beams / return sequences of image b; G = 1 in training) attend to
+    K/V row b, so image K/V are never repeated. key_padding_mask: bool [B, Lk], True = ignore;
+    a query whose keys are all masked gets zeros. scale defaults to ``D ** -0.5``. Any strides
+    with a unit-stride last dim run copy-free; the output is a transposed view of a
+    [B*G, Lq, H, D] buffer, so merging heads needs no copy. Differentiable in q, k and v (dk/dv
+    summed over the G groups); the softmax runs in fp32 (online, never materialising the
+    [Lq, Lk] matrix). Reference (the spec): :func:`blipx.ops.reference.cross_attention_ref`.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if kernel_for("cross_attention_fwd", q.device):
+        return torch.ops.blipx.cross_attention_fwd.default(q, k, v, key_padding_mask, scale)[0]
+    return reference.cross_attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale)

@@ -57,3 +57,28 @@ if _exists("beam_search_step"):
         scores = logits.new_empty((b, 2 * num_beams), dtype=torch.float32)
         tokens = logits.new_empty((b, 2 * num_beams), dtype=torch.long)
         return scores, tokens, torch.empty_like(tokens)
+
+
+def _bhld(like: torch.Tensor, n0, h, length, d, dtype=None) -> torch.Tensor:
+    # The kernels allocate [N0, L, H, D] and return it transposed to [N0, H, L, D] (the layout of
+    # the models' split_heads views), so the fake tensors carry the same strides.
+    return like.new_empty((n0, length, h, d), dtype=dtype).transpose(1, 2)
+
+
+if _exists("cross_attention_fwd"):
+
+    @torch.library.register_fake("blipx::cross_attention_fwd")
+    def _cross_attention_fwd_fake(q, k, v, key_padding_mask, scale):
+        torch._check(q.dim() == 4 and k.dim() == 4, lambda: "blipx.cross_attention: q and k must be 4-D")
+        bg, h, lq, d = q.shape
+        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return _bhld(q, bg, h, lq, d), q.new_empty((bg, h, lq), dtype=lse_dtype)
+
+
+if _exists("cross_attention_bwd"):
+
+    @torch.library.register_fake("blipx::cross_attention_bwd")
+    def _cross_attention_bwd_fake(dout, q, k, v, key_padding_mask, out, lse, scale):
+        bg, h, lq, d = q.shape
+        b, lk = k.shape[0], k.shape[2]
+        return _bhld(q, bg, h, lq, d), _bhld(k, b, h, lk, d), _bhld(v, b, h, lk, d)

@@ -96,7 +96,12 @@ def sample_hard_negatives_ref(
             )
         excluded = torch.eye(b, dtype=torch.bool, device=sim.device)
     else:
-        excluded = positive_mask.to(torch.bool)
+        if positive_mask.dtype != torch.bool or positive_mask.shape != sim.shape:
+            raise ValueError(
+                "sample_hard_negatives: positive_mask must be a bool tensor shaped like sim "
+                f"{tuple(sim.shape)}, got {positive_mask.dtype} {tuple(positive_mask.shape)}"
+            )
+        excluded = positive_mask
     excluded = excluded | torch.isnan(s)
     pos_inf = (s == float("inf")) & ~excluded
     row_has_inf = pos_inf.any(dim=1, keepdim=True)

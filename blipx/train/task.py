@@ -84,9 +84,10 @@ class BlipPretrainTask(PretrainTask):
         super().__init__(model, **kwargs)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                alpha: float | None = None, update_momentum: bool = True) -> dict[str, torch.Tensor]:
+                alpha: float | None = None, update_momentum: bool = True, image_ids=None) -> dict[str, torch.Tensor]:
         """pixel_values [B, 3, H, W]; input_ids [B, T] tokenized captions starting with [CLS];
-        attention_mask [B, T]. Returns ``{loss, loss_itc, loss_itm, loss_lm}`` (scalar tensors)."""
+        attention_mask [B, T]; image_ids is accepted and unused (official pretraining has no id
+        positives). Returns ``{loss, loss_itc, loss_itm, loss_lm}`` (scalar tensors)."""
         model = self.model
         alpha = self.alpha if alpha is None else float(alpha)
         clamp_temperature_(model.temp)
@@ -117,7 +118,7 @@ class AlbefPretrainTask(PretrainTask):
         self.mask_prob = float(mask_prob)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                alpha: float | None = None, update_momentum: bool = True) -> dict[str, torch.Tensor]:
+                alpha: float | None = None, update_momentum: bool = True, image_ids=None) -> dict[str, torch.Tensor]:
         """Same inputs as :meth:`BlipPretrainTask.forward`; returns ``{loss, loss_itc, loss_itm, loss_mlm}``."""
         model = self.model
         alpha = self.alpha if alpha is None else float(alpha)

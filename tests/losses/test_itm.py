@@ -102,12 +102,14 @@ def test_global_candidates_rectangular():
     assert all_gather_with_grad(x) is x
 
 
-def test_sampling_is_gradient_free_and_follows_the_softmax():
+def test_sampling_follows_the_softmax_and_carries_no_graph():
     # Image 0's candidates: logits [-, 2, 0, 0, 0, 0] -> P(text 1) = e^2 / (e^2 + 4) = 0.649.
     sim = torch.zeros(B, B, requires_grad=True)
     with torch.no_grad():
         sim[0, 1] = 2.0
     g = torch.Generator().manual_seed(3)
+    negs = sample_itm_negatives(sim, sim.t(), generator=g)
+    assert not negs.text_for_image.requires_grad and negs.text_for_image.dtype == torch.long
     hits = sum(int(sample_itm_negatives(sim, sim.t(), generator=g).text_for_image[0] == 1) for _ in range(4000))
     p = torch.e**2 / (torch.e**2 + 4)
     assert abs(hits / 4000 - p) < 4 * (p * (1 - p) / 4000) ** 0.5

@@ -1,0 +1,208 @@
+"""One training loop for every blipx task (pretraining, retrieval and captioning fine-tuning).
+
+The loop: deterministic per-epoch data order (resumable mid-epoch), autocast, gradient
+accumulation, AdamW + LambdaLR, the task's own momentum update / queue writes, atomic
+checkpoints, and logs of every loss term, images/s and (on GPU) MFU. Loss values stay on the
+device between log steps; the only host syncs are at log and checkpoint steps (marked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from blipx.losses import alpha_warmup
+from blipx.train import checkpoint as ckpt
+from blipx.train.config import TrainConfig
+from blipx.train.distributed import DistInfo
+from blipx.train.optim import build_optimizer, build_scheduler
+
+# Dense bf16 tensor-core peaks for MFU (datasheet, FLOP/s).
+_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40": 181e12}
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, this rank's shard of it, from batch ``start_batch`` on.
+
+    Deterministic in (seed, epoch), so a resumed run sees exactly the batches it would have.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                 start_batch: int = 0, shuffle: bool = True) -> None:
+        self.n, self.bs, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.rank, self.world, self.start, self.shuffle = rank, world, start_batch, shuffle
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = self.n // self.world  # equal shards; the remainder is dropped
+        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        usable = (len(mine) // self.bs) * self.bs  # drop_last: static shapes every step
+        return mine[self.start * self.bs:usable]
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+    def batches_per_epoch(self) -> int:
+        return (self.n // self.world) // self.bs
+
+
+def estimate_flops_per_image(model: nn.Module, image_tokens: int, text_tokens: int, text_passes: int) -> float:
+    """6 * parameters * tokens (forward + backward), split between the vision and text towers."""
+    vis = sum(p.numel() for n, p in model.named_parameters() if n.startswith("visual_encoder.") and p.requires_grad)
+    txt = sum(p.numel() for n, p in model.named_parameters()
+              if p.requires_grad and not n.startswith("visual_encoder.") and "embeddings.word" not in n)
+    return 6.0 * (vis * image_tokens + txt * text_tokens * text_passes)
+
+
+class Trainer:
+    """Runs ``task`` (an nn.Module returning a dict with ``loss`` and ``loss_*`` terms) over
+    ``dataset`` batched by ``collate_fn`` into keyword arguments of the task."""
+
+    def __init__(self, task: nn.Module, cfg: TrainConfig, dataset: Dataset, collate_fn: Callable,
+                 dist: DistInfo | None = None, flops_per_image: float | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.cfg, self.dataset, self.collate_fn = cfg, dataset, collate_fn
+        self.dist = dist or DistInfo()
+        self.device = self.dist.device
+        self.task = task.to(self.device)
+        self.module = self.dist.wrap(self.task)  # DDP when distributed
+        self.optimizer = build_optimizer(self.task, cfg)
+        self.spb = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, 0, self.dist.rank, self.dist.world).batches_per_epoch()
+        if self.spb == 0:
+            raise ValueError(f"dataset of {len(dataset)} samples gives no full batch of {cfg.batch_size} per rank")
+        self.steps_per_epoch = max(1, self.spb // cfg.grad_accum)
+        total = cfg.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch, self.total_steps)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.flops_per_image = flops_per_image
+        self.log = log if self.dist.is_main else (lambda s: None)
+        self.history: list[dict] = []
+        self.out_dir = Path(cfg.out_dir)
+        if cfg.resume and (path := ckpt.latest_checkpoint(self.out_dir)) is not None:
+            state = ckpt.load_checkpoint(path, task=self.task, optimizer=self.optimizer, scheduler=self.scheduler)
+            self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    def _autocast(self):
+        if self.cfg.amp == "none":
+            return contextlib.nullcontext()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[self.cfg.amp]
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _loader(self, epoch: int, start_batch: int) -> DataLoader:
+        sampler = EpochSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, epoch, self.dist.rank,
+                               self.dist.world, start_batch)
+        # A seeded loader generator: worker seeds do not consume (and depend on) the global RNG.
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch * 104729 + start_batch)
+        return DataLoader(self.dataset, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self.collate_fn,
+                          num_workers=self.cfg.num_workers, drop_last=True, generator=g,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        return ckpt.save_checkpoint(self.out_dir, task=self.task, optimizer=self.optimizer, scheduler=self.scheduler,
+                                    step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+                                    config=self.cfg.to_dict(), keep=self.cfg.keep_checkpoints)
+
+    def fit(self, progress: bool = True, stop_at: int | None = None) -> list[dict]:
+        """Train to ``total_steps`` (or stop early at step ``stop_at``, checkpointing as if the
+        run had been interrupted there); returns the logged rows."""
+        cfg = self.cfg
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16")
+        sums: dict[str, torch.Tensor] = {}
+        count, images, t0 = 0, 0, time.perf_counter()
+        bar = None
+        if progress and self.dist.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.task, dynamic_ncols=True)
+        self.module.train()
+        micro = 0
+        while self.step < end and self.epoch < cfg.epochs:
+            for batch in self._loader(self.epoch, self.batch_in_epoch):
+                batch = self._to_device(batch)
+                alpha = alpha_warmup(self.step, cfg.alpha_warmup_steps, cfg.alpha)
+                with self._autocast():
+                    out = self.module(**batch, alpha=alpha)
+                scaler.scale(out["loss"] / cfg.grad_accum).backward()
+                for k, v in out.items():  # device-side running sums: no sync per step
+                    sums[k] = sums.get(k, 0) + v.detach().float()
+                count += 1
+                images += batch["pixel_values"].shape[0] * self.dist.world
+                micro += 1
+                self.batch_in_epoch += 1
+                if micro % cfg.grad_accum:
+                    continue
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.task.parameters(), cfg.grad_clip)
+                scaler.step(self.optimizer)
+                scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    row = self._log_row(sums, count, images, t0, alpha)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    sums, count, images, t0 = {}, 0, 0, time.perf_counter()
+                if cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0:
+                    self.save()
+                if self.step >= end:
+                    break
+            else:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                continue
+            break
+        if bar is not None:
+            bar.close()
+        self.save()
+        return self.history
+
+    def _log_row(self, sums, count, images, t0, alpha) -> dict:
+        # Host sync (log steps only): one stacked copy of the running sums.
+        keys = sorted(sums)
+        values = torch.stack([sums[k] for k in keys]).cpu().tolist() if keys else []
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        row = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0], "alpha": alpha}
+        row.update({k: v / max(1, count) for k, v in zip(keys, values)})
+        row["images_per_s"] = images / dt if dt > 0 else float("nan")
+        if self.flops_per_image and self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+            peak = next((v for k, v in _PEAK_BF16.items() if k in name), None)
+            if peak:
+                row["mfu"] = row["images_per_s"] * self.flops_per_image / (peak * self.dist.world)
+        self.history.append(row)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        if not all(math.isfinite(row[k]) for k in keys):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: {row}")
+        return row

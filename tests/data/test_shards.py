@@ -1,0 +1,81 @@
+import io
+import tarfile
+from collections import Counter
+
+import pytest
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from blipx.data import ImageTextCollator, eval_transform, webdataset_pairs, write_shards
+from blipx.data.shards import key_to_image_id
+from blipx.tokenizer import blip_tokenizer
+
+N_SHARDS, PER_SHARD = 8, 5
+
+
+def _samples(n):
+    for i in range(n):
+        yield {"key": f"s{i:04d}", "image": Image.new("RGB", (12, 12), (i % 256, 0, 0)), "caption": f"Sample number {i}."}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shards")
+    paths = write_shards(_samples(N_SHARDS * PER_SHARD), d / "part-%04d.tar", maxcount=PER_SHARD)
+    assert len(paths) == N_SHARDS
+    return sorted(paths)
+
+
+def _keys(urls, rank, world, workers):
+    ds = webdataset_pairs(urls, transform=eval_transform(8), rank=rank, world_size=world)
+    collate = ImageTextCollator(blip_tokenizer(), max_length=8)
+    loader = DataLoader(ds, batch_size=3, num_workers=workers, collate_fn=collate)
+    keys = []
+    for batch in loader:
+        assert batch["pixel_values"].shape[1:] == (3, 8, 8)
+        keys += batch["captions"]
+    return keys
+
+
+def test_every_sample_once_across_2_ranks_x_2_workers(shards):
+    per_rank = [_keys(shards, rank, 2, workers=2) for rank in range(2)]
+    everything = Counter(per_rank[0] + per_rank[1])
+    assert set(everything) == {f"sample number {i}" for i in range(N_SHARDS * PER_SHARD)}
+    assert set(everything.values()) == {1}
+    assert set(per_rank[0]).isdisjoint(per_rank[1]) and len(per_rank[0]) == len(per_rank[1]) == 20
+
+
+def test_fewer_shards_than_consumers_still_reads_each_sample_once(shards):
+    # 3 shards over 2 ranks x 2 workers: one worker has nothing (no error), nothing is duplicated.
+    keys = _keys(shards[:3], 0, 2, workers=2) + _keys(shards[:3], 1, 2, workers=2)
+    assert sorted(keys) == sorted(f"sample number {i}" for i in range(3 * PER_SHARD))
+
+
+def test_single_process_reads_all_and_parses_metadata(shards):
+    samples = list(webdataset_pairs(shards[:1], rank=0, world_size=1))
+    assert [s["key"] for s in samples] == [f"s{i:04d}" for i in range(PER_SHARD)]
+    assert samples[0]["caption"] == "sample number 0" and samples[0]["image"].size == (12, 12)
+    assert samples[0]["image_id"] == key_to_image_id("s0000")
+
+
+def test_corrupt_and_missing_images_in_a_shard_are_counted(tmp_path):
+    path = tmp_path / "bad.tar"
+    good = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(good, format="PNG")  # noise: a long pixel stream
+    members = {
+        "ok.png": good.getvalue(), "ok.json": b'{"caption": "fine", "image_id": 7, "is_noisy": true}',
+        "junk.jpg": b"not a jpeg", "junk.txt": b"broken image",
+        "cut.png": good.getvalue()[: len(good.getvalue()) // 2], "cut.txt": b"truncated image",
+        "textonly.txt": b"no image member",
+    }  # fmt: skip
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    collate = ImageTextCollator(blip_tokenizer(), max_length=8)
+    batches = list(DataLoader(webdataset_pairs(str(path), eval_transform(8)), batch_size=8, collate_fn=collate))
+    assert len(batches) == 1
+    b = batches[0]
+    assert b["captions"] == ["fine"] and b["image_ids"].tolist() == [7] and b["is_noisy"].tolist() == [True]
+    assert b["skipped"] == {"corrupt": 1, "truncated": 1, "missing": 1}

@@ -1,0 +1,95 @@
+"""Trainer: bit-exact resume on CPU, schedules, parameter groups, logging."""
+
+import json
+
+import pytest
+import torch
+
+from blipx.models import create_model
+from blipx.train import BlipPretrainTask
+from blipx.train.config import TrainConfig, load_config
+from blipx.train.optim import lr_factor, param_groups
+from blipx.train.synthetic import RandomPairs, stack_collate
+from blipx.train.trainer import EpochSampler, Trainer
+
+
+def make_trainer(out_dir, **overrides):
+    cfg = TrainConfig(out_dir=str(out_dir), batch_size=4, epochs=3, queue_size=10, log_every=1, lr=1e-3,
+                      warmup_steps=2, **overrides)
+    torch.manual_seed(0)
+    model = create_model("blip_tiny")
+    task = BlipPretrainTask(model, queue_size=cfg.queue_size)
+    data = RandomPairs(10, model.config.vision.image_size, seed=1)  # 2 batches per epoch, 2 samples dropped
+    return Trainer(task, cfg, data, stack_collate, log=lambda s: None)
+
+
+def test_resume_is_bit_exact(tmp_path):
+    full = make_trainer(tmp_path / "a", max_steps=5)
+    hist_full = full.fit(progress=False)
+
+    first = make_trainer(tmp_path / "b", max_steps=5)
+    first.fit(progress=False, stop_at=3)  # "killed" mid-epoch 1, after its checkpoint
+    second = make_trainer(tmp_path / "b", max_steps=5, resume=True)
+    assert (second.step, second.epoch, second.batch_in_epoch) == (3, 1, 1)
+    hist_resumed = second.fit(progress=False)
+
+    assert [r["loss"] for r in hist_full[3:]] == [r["loss"] for r in hist_resumed]
+    a, b = full.task.state_dict(), second.task.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    params_a = [p for g in full.optimizer.param_groups for p in g["params"]]
+    params_b = [p for g in second.optimizer.param_groups for p in g["params"]]
+    for pa, pb in zip(params_a, params_b, strict=True):
+        sa, sb = full.optimizer.state[pa], second.optimizer.state[pb]
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert full.scheduler.get_last_lr() == second.scheduler.get_last_lr()
+
+
+def test_checkpoint_files_and_logs(tmp_path):
+    t = make_trainer(tmp_path, max_steps=2, ckpt_every=1, keep_checkpoints=1)
+    t.fit(progress=False)
+    dirs = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert dirs == ["checkpoint-2"] and (tmp_path / "latest").read_text() == "checkpoint-2"
+    assert not list(tmp_path.glob(".checkpoint-*"))  # no temp leftovers
+    files = sorted(p.name for p in (tmp_path / "checkpoint-2").iterdir())
+    assert files == ["optimizer.safetensors", "rng.safetensors", "state.json", "task.safetensors"]
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"loss", "loss_itc", "loss_itm", "loss_lm", "lr", "alpha", "images_per_s"} <= rows[0].keys()
+
+
+def test_epoch_sampler_shards_and_resumes():
+    full = list(EpochSampler(10, 2, seed=3, epoch=1))
+    assert sorted(full) != full and len(full) == 10
+    assert list(EpochSampler(10, 2, seed=3, epoch=1, start_batch=2)) == full[4:]
+    r0 = list(EpochSampler(11, 2, seed=3, epoch=0, rank=0, world=2))
+    r1 = list(EpochSampler(11, 2, seed=3, epoch=0, rank=1, world=2))
+    assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)
+    assert list(EpochSampler(10, 2, 3, 1)) != list(EpochSampler(10, 2, 3, 2))
+
+
+def test_schedules_and_groups():
+    cfg = TrainConfig(lr=1e-4, min_lr=1e-6, warmup_steps=10, warmup_lr=1e-6, schedule="cosine")
+    assert lr_factor(0, cfg, 100, 1000) == pytest.approx(0.01)
+    assert lr_factor(10, cfg, 100, 1000) == pytest.approx(1.0)
+    assert lr_factor(1000, cfg, 100, 1000) == pytest.approx(0.01)
+    step = TrainConfig(lr=3e-4, min_lr=1e-6, schedule="step", step_decay=0.9)
+    assert lr_factor(250, step, 100, 1000) == pytest.approx(0.81)
+    model = create_model("albef_tiny")
+    albef = param_groups(model, 0.02, decay_norm_and_bias=False)
+    decayed = {id(p) for p in albef[0]["params"]}
+    assert id(model.temp) in decayed and id(model.itm_head.bias) not in decayed
+    assert all(p.requires_grad for g in albef for p in g["params"])  # momentum copies excluded
+    blip = param_groups(model, 0.05, decay_norm_and_bias=True)
+    assert len(blip) == 1
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("task: albef_pretrain\nbatch_size: 16\ndata_options: {noise: 0.3}\n")
+    cfg = load_config(path, ["lr=3e-4", "amp=bf16", "max_steps=7"])
+    assert (cfg.task, cfg.batch_size, cfg.lr, cfg.amp, cfg.max_steps, cfg.data_options) == (
+        "albef_pretrain", 16, 3e-4, "bf16", 7, {"noise": 0.3})
+    with pytest.raises(ValueError, match="unknown config keys \\['bogus'\\]"):
+        load_config(None, ["bogus=1"])
