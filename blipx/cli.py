@@ -19,6 +19,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(args.names, quick=args.quick, out=args.out, bench_dir=args.dir)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from blipx.train.config import load_config
+    from blipx.train.run import run_training
+
+    cfg = load_config(args.config, args.overrides, defaults={"task": args.default_task})
+    pretrain = cfg.task.endswith("_pretrain")
+    if args.command == "pretrain" and not pretrain or args.command == "finetune" and pretrain:
+        kind = "a *_pretrain" if args.command == "pretrain" else "a fine-tuning (caption/retrieval)"
+        print(f"blipx {args.command}: task={cfg.task} is not {kind} task", file=sys.stderr)
+        return 2
+    history = run_training(cfg, progress=not args.no_progress)
+    if history:
+        last = history[-1]
+        print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith("loss")))
+    print(f"outputs in {cfg.out_dir}: metrics.jsonl, loss_curves.png, checkpoint-*/, model/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blipx", description="Fast, faithful ALBEF and BLIP.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSONL file to append result rows to (default: none)")
     p.add_argument("--dir", default=None, help="directory holding bench_*.py (default: found automatically)")
     p.set_defaults(func=_cmd_bench)
+
+    for name, default_task, text in (
+        ("pretrain", "blip_pretrain", "pretrain ALBEF/BLIP (task=blip_pretrain|albef_pretrain)"),
+        ("finetune", "blip_caption", "fine-tune (task=blip_caption|blip_retrieval|albef_retrieval)"),
+    ):
+        p = sub.add_parser(name, help=text, description=text + ". Settings: blipx.train.config.TrainConfig; "
+                           "a YAML/JSON --config file, then key=value overrides (e.g. max_steps=100 amp=bf16).")
+        p.add_argument("--config", default=None, help="YAML or JSON file of TrainConfig fields")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("overrides", nargs="*", help="key=value settings (JSON values), applied after --config")
+        p.set_defaults(func=_cmd_train, default_task=default_task)
     return parser
 
 

@@ -48,9 +48,9 @@ POSITIONS = {
 TEMPLATES = ("{}", "there is {}", "an image of {}", "{} on a gray background")
 SPLITS = {"train": 10000, "val": 1000, "test": 1000}
 
-_OBJECT_RE = re.compile(
-    rf"\b({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})(?: ({'|'.join(map(re.escape, POSITIONS.values()))}))?"
-)
+# Longest position first: regex alternation takes the first match ("at the top" < "at the top left").
+_POSITION_ALT = "|".join(map(re.escape, sorted(POSITIONS.values(), key=len, reverse=True)))
+_OBJECT_RE = re.compile(rf"\b({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})(?: ({_POSITION_ALT}))?")
 
 
 def random_scene(rng: random.Random) -> list[dict[str, Any]]:

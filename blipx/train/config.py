@@ -65,9 +65,11 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **kwargs: Any) -> TrainConfig:
-    """A TrainConfig from a YAML/JSON file, then ``key=value`` overrides, then keyword arguments."""
-    values: dict[str, Any] = {}
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                defaults: dict[str, Any] | None = None, **kwargs: Any) -> TrainConfig:
+    """A TrainConfig from ``defaults``, then a YAML/JSON file, then ``key=value`` overrides, then
+    keyword arguments."""
+    values: dict[str, Any] = dict(defaults or {})
     if path is not None:
         text = Path(path).read_text(encoding="utf-8")
         if str(path).endswith((".yaml", ".yml")):

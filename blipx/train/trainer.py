@@ -93,6 +93,7 @@ class Trainer:
         self.flops_per_image = flops_per_image
         self.log = log if self.dist.is_main else (lambda s: None)
         self.history: list[dict] = []
+        self.skipped = 0  # samples dropped for unreadable images
         self.out_dir = Path(cfg.out_dir)
         if cfg.resume and (path := ckpt.latest_checkpoint(self.out_dir)) is not None:
             state = ckpt.load_checkpoint(path, task=self.task, optimizer=self.optimizer, scheduler=self.scheduler)
@@ -114,8 +115,11 @@ class Trainer:
                           num_workers=self.cfg.num_workers, drop_last=True, generator=g,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
+    # What a task's forward takes; the collate may add captions, skip counts, noise flags.
+    TASK_INPUTS = ("pixel_values", "input_ids", "attention_mask", "image_ids")
+
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {k: batch[k].to(self.device, non_blocking=True) for k in self.TASK_INPUTS if k in batch}
 
     def save(self) -> Path | None:
         if not self.dist.is_main:
@@ -141,6 +145,11 @@ class Trainer:
         micro = 0
         while self.step < end and self.epoch < cfg.epochs:
             for batch in self._loader(self.epoch, self.batch_in_epoch):
+                if "num_skipped" in batch:  # unreadable images dropped by the collate: counted, logged
+                    self.skipped += int(batch["num_skipped"])
+                    if batch["batch_size"] == 0:
+                        self.batch_in_epoch += 1
+                        continue
                 batch = self._to_device(batch)
                 alpha = alpha_warmup(self.step, cfg.alpha_warmup_steps, cfg.alpha)
                 with self._autocast():
@@ -193,6 +202,7 @@ class Trainer:
         row = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0], "alpha": alpha}
         row.update({k: v / max(1, count) for k, v in zip(keys, values)})
         row["images_per_s"] = images / dt if dt > 0 else float("nan")
+        row["skipped_samples"] = self.skipped
         if self.flops_per_image and self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
             peak = next((v for k, v in _PEAK_BF16.items() if k in name), None)

@@ -18,7 +18,7 @@ def _magnitude(op, m):
 def test_randaugment_uses_the_official_ops_and_magnitudes():
     assert set(OfficialRandAugment._AUGMENTATION_SPACE) == OFFICIAL_OPS
     # BLIP M=5: enhance factor 0.1 + 1.8 * 0.5 = 1.0 (identity), ALBEF M=7: 1.36; never signed.
-    assert _magnitude("Brightness", 5) == pytest.approx(0.0, abs=1e-6)
+    assert _magnitude("Brightness", 5) == (pytest.approx(0.0, abs=1e-6), False)
     assert _magnitude("Sharpness", 7) == (pytest.approx(0.36, abs=1e-6), False)
     assert _magnitude("TranslateX", 5) == (pytest.approx(5.0), True)  # pixels, not a fraction
     assert _magnitude("Rotate", 5) == (pytest.approx(15.0), True)
