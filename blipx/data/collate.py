@@ -75,4 +75,5 @@ class SkipCounter:
         return sum(self.by_reason.values())
 
     def as_dict(self) -> dict[str, int]:
-        return {"samples_seen": self.seen, "samples_skipped": self.skipped, **{f"skipped_{k}": v for k, v in self.by_reason.items()}}
+        by_reason = {f"skipped_{k}": v for k, v in self.by_reason.items()}
+        return {"samples_seen": self.seen, "samples_skipped": self.skipped, **by_reason}

@@ -78,7 +78,9 @@ def parse_caption(caption: str) -> list[dict[str, str | None]]:
     ]
 
 
-def caption_matches(caption: str, objects: Sequence[dict[str, Any]], attributes: Sequence[str] = ("color", "shape")) -> bool:
+def caption_matches(
+    caption: str, objects: Sequence[dict[str, Any]], attributes: Sequence[str] = ("color", "shape")
+) -> bool:
     """True when the caption mentions exactly the image's objects, compared on ``attributes``
     (default colour + shape, the demo's caption accuracy; add "size"/"position" to be stricter)."""
     said = Counter(tuple(o[a] for a in attributes) for o in parse_caption(caption))
@@ -174,8 +176,9 @@ class ShapesDataset(Dataset):
         out = []
         for i in range(self.num_samples):
             s = self.raw(i)
-            out.append({"image": f"{image_dir}/{self.split}/{i:06d}.png", "caption": s["caption"], "image_id": i,
-                        "is_noisy": s["is_noisy"], "clean_caption": s["clean_caption"], "objects": s["objects"]})  # fmt: skip
+            path = f"{image_dir}/{self.split}/{i:06d}.png"
+            keep = ("caption", "image_id", "is_noisy", "clean_caption", "objects")
+            out.append({"image": path, **{k: s[k] for k in keep}})
         return out
 
     def export(self, out_dir: str | os.PathLike, image_dir: str = "images") -> Path:

@@ -19,13 +19,20 @@ from functools import partial
 from itertools import islice
 from typing import Any
 
-import webdataset as wds
-
 from blipx.data.images import CORRUPT, MISSING, Skipped, decode_image
 from blipx.data.text import pre_caption
 from blipx.data.transforms import apply_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def _webdataset():
+    # Imported on use, so annotation files and the shapes dataset work without the package.
+    try:
+        import webdataset
+    except ImportError as e:
+        raise ImportError("WebDataset shards need the 'webdataset' package: pip install webdataset") from e
+    return webdataset
 
 
 def _split_by_rank(src: Iterable, rank: int, world_size: int) -> Iterator:
@@ -89,8 +96,9 @@ def webdataset_pairs(
     shard_shuffle: int = 0,
     sample_shuffle: int = 0,
     seed: int = 0,
-) -> wds.WebDataset:
-    """Stream image-text samples (dicts as :class:`~blipx.data.ImageTextDataset`, or :class:`Skipped`).
+):
+    """A ``webdataset.WebDataset`` (an IterableDataset) of image-text samples: dicts as
+    :class:`~blipx.data.ImageTextDataset` yields (plus ``key``), or :class:`Skipped`.
 
     ``urls``: brace pattern (``"data/shard-{000000..000099}.tar"``), a list, or anything
     webdataset opens (``pipe:`` ...). ``rank``/``world_size`` default to torch.distributed.
@@ -98,6 +106,7 @@ def webdataset_pairs(
     are skipped by webdataset with a warning; unreadable images become counted ``Skipped``.
     Use with a ``DataLoader(batch_size=..., collate_fn=ImageTextCollator(...))``.
     """
+    wds = _webdataset()
     rank, world_size = _dist_rank_world(rank, world_size)
     ds = wds.WebDataset(
         urls,
@@ -121,6 +130,7 @@ def write_shards(
 
     ``pattern`` is a printf pattern such as ``"out/shard-%06d.tar"``. Returns the shard paths.
     """
+    wds = _webdataset()
     written: list[str] = []
     with wds.ShardWriter(os.fspath(pattern), maxcount=maxcount, verbose=0, post=written.append) as sink:
         for s in samples:

@@ -5,8 +5,8 @@ The official evaluation (``salesforce/BLIP data/utils.py`` ``coco_caption_eval``
 Java subprocess). Java is not assumed here, so :func:`ptb_tokenize` re-implements what that step
 does to caption text: lower-case; split off punctuation, the clitics ``'s 're 've 'll 'd 'm``
 and ``n't``; keep hyphenated words and decimal numbers as one token; then drop the tokens that
-pycocoevalcap removes (its own ``PUNCTUATIONS`` list, plus brackets and double quotes, which
-CoreNLP turns into ``-LRB-``/``-RRB-``/````` ``''`` before that list removes them). Plain
+pycocoevalcap removes (its ``PUNCTUATIONS`` list, plus brackets and double quotes, which
+CoreNLP first rewrites into bracket and quote tokens of that list). Plain
 English captions tokenize identically; exotic Unicode or URLs may differ from CoreNLP.
 The BLEU and CIDEr scorers themselves are pycocoevalcap's (pure Python), unmodified.
 """
@@ -17,11 +17,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
-
-_DROP = set(PUNCTUATIONS) | {"(", ")", "[", "]", "{", "}", '"'}
+# pycocoevalcap's PTBTokenizer.PUNCTUATIONS (its module is not imported so that tokenizing
+# does not need the package), plus what CoreNLP rewrites into them: brackets and '"'.
+_PUNCTUATIONS = ("''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";")
+_DROP = set(_PUNCTUATIONS) | {"(", ")", "[", "]", "{", "}", '"'}
 _NT = re.compile(r"(\w)n't\b")
 _CLITIC = re.compile(r"(\w)'(s|re|ve|ll|d|m)\b")
 _TOKEN = re.compile(r"n't|'(?:s|re|ve|ll|d|m)\b|\w+(?:[-.]\w+)*|\S")
@@ -52,6 +51,11 @@ def caption_metrics(
     CIDEr's document frequencies come from the references of the evaluated images (as in
     COCOEvalCap), so it needs several images to be meaningful.
     """
+    try:  # imported on use: the scorers are only needed here
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError as e:
+        raise ImportError("captioning metrics need 'pycocoevalcap': pip install pycocoevalcap") from e
     preds = _as_dict(predictions)
     missing = [k for k in preds if k not in references]
     if missing:

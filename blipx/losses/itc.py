@@ -84,6 +84,10 @@ def itc_loss(
     text_queue: torch.Tensor | None = None,
     idx: torch.Tensor | None = None,
     idx_queue: torch.Tensor | None = None,
+    batch_image_keys: torch.Tensor | None = None,
+    batch_text_keys: torch.Tensor | None = None,
+    batch_idx: torch.Tensor | None = None,
+    key_offset: int = 0,
 ) -> ITCOutput:
     """ITC on L2-normalised features.
 
@@ -92,17 +96,30 @@ def itc_loss(
     alpha: distillation weight (0 disables the momentum soft targets). image_queue,
     text_queue: [Q, D] past momentum features (or None). idx: [B] image ids for id-aware
     targets (retrieval fine-tuning); idx_queue: [Q] ids of the queued features.
+
+    Multi-process: batch_image_keys / batch_text_keys [W*B, D] are the momentum features of
+    every rank (``concat_all_gather``), batch_idx [W*B] their ids, and key_offset = rank * B
+    locates this rank's own pairs among them; by default the keys are the local batch.
     """
     b = image_feat.shape[0]
     if idx is not None and image_queue is not None and idx_queue is None:
         raise ValueError("itc_loss: idx was given with feature queues but no idx_queue (the queued keys' ids)")
     with torch.no_grad():
-        image_keys = image_feat_m.detach() if image_queue is None else torch.cat([image_feat_m.detach(), image_queue.detach()])
-        text_keys = text_feat_m.detach() if text_queue is None else torch.cat([text_feat_m.detach(), text_queue.detach()])
+        image_batch = (image_feat_m if batch_image_keys is None else batch_image_keys).detach()
+        text_batch = (text_feat_m if batch_text_keys is None else batch_text_keys).detach()
+        image_keys = image_batch if image_queue is None else torch.cat([image_batch, image_queue.detach()])
+        text_keys = text_batch if text_queue is None else torch.cat([text_batch, text_queue.detach()])
         idx_keys = None
-        if idx is not None and idx_queue is not None:
-            idx_keys = torch.cat([idx.view(-1), idx_queue.view(-1).to(idx.dtype)])
-        targets = itc_hard_targets(b, text_keys.shape[0], idx, idx_keys, device=image_feat.device, dtype=image_feat.dtype)
+        if idx is not None:
+            idx_batch = (idx if batch_idx is None else batch_idx).view(-1)
+            idx_keys = idx_batch if idx_queue is None else torch.cat([idx_batch, idx_queue.view(-1).to(idx.dtype)])
+        if idx is None and key_offset:
+            # This rank's pairs sit at columns key_offset + i of the gathered batch keys.
+            cols = torch.arange(text_keys.shape[0], device=image_feat.device)
+            rows = torch.arange(b, device=image_feat.device) + key_offset
+            targets = (cols.view(1, -1) == rows.view(-1, 1)).to(image_feat.dtype)
+        else:
+            targets = itc_hard_targets(b, text_keys.shape[0], idx, idx_keys, device=image_feat.device, dtype=image_feat.dtype)
         if alpha > 0:
             temp_ng = temp.detach() if isinstance(temp, torch.Tensor) else temp
             sim_i2t_m = image_feat_m.detach() @ text_keys.t() / temp_ng

@@ -16,6 +16,10 @@ from torch import nn
 
 from blipx.losses import (
     FeatureQueue,
+    all_gather_with_grad,
+    concat_all_gather,
+    diagonal_positive_mask,
+    world_info,
     build_itm_inputs,
     clamp_temperature_,
     itc_loss,
@@ -42,31 +46,52 @@ class PretrainTask(nn.Module):
             per step (``blipx.losses.alpha_warmup``) to ``forward`` to ramp it.
         copy_momentum: start the momentum copies equal to the online modules (fresh models); use
             False when the ``*_m`` weights came from a checkpoint.
+        gather_keys: with several processes, ITC keys are every rank's momentum features (the
+            global batch) followed by the queue, so W processes of B samples compute the same
+            ITC as one process of W*B. False: this rank's batch only (official pretraining).
+        global_negatives: with several processes, draw ITM hard negatives from the global batch
+            (images gathered with gradients, BLIP's ``negative_all_rank``); needs equal text
+            lengths on every rank (fixed-length padding, as BLIP pads to max_length).
     """
 
     def __init__(self, model: nn.Module, queue_size: int = 57600, momentum: float = 0.995, alpha: float = 0.4,
-                 copy_momentum: bool = True) -> None:
+                 copy_momentum: bool = True, gather_keys: bool = True, global_negatives: bool = False) -> None:
         super().__init__()
         self.model = model
         self.alpha = float(alpha)
+        self.gather_keys, self.global_negatives = bool(gather_keys), bool(global_negatives)
         embed_dim = model.config.embed_dim
         self.queue = FeatureQueue(queue_size, embed_dim) if queue_size > 0 else None
         # Not a submodule: the momentum copies are the model's own (checkpoint keys *_m).
         self.ema = MomentumEMA(model.momentum_pairs(), momentum=momentum, copy_weights=copy_momentum)
 
     def _contrastive(self, out, mom, alpha: float):
-        """ITC against [momentum batch; queue], then the queue write, as the official order."""
+        """ITC against [momentum batch keys; queue], then the queue write (official order), then
+        the hard-negative draw. Returns (ITCOutput, ITMNegatives, candidate offset or None)."""
         q = self.queue
+        rank, world = world_info()
+        b = out.image_feat.shape[0]
+        gathered = world > 1 and (self.gather_keys or self.global_negatives)
+        image_keys = concat_all_gather(mom.image_feat) if gathered else None
+        text_keys = concat_all_gather(mom.text_feat) if gathered else None
+        offset = rank * b if gathered else 0
         itc = itc_loss(
             out.image_feat, out.text_feat, mom.image_feat, mom.text_feat, self.model.temp, alpha=alpha,
             image_queue=None if q is None else q.image_queue, text_queue=None if q is None else q.text_queue,
+            batch_image_keys=image_keys, batch_text_keys=text_keys, key_offset=offset,
         )
         if q is not None:
             q.enqueue_(mom.image_feat, mom.text_feat)
-        b = out.image_feat.shape[0]
         # Hard negatives by the online-vs-momentum-batch similarities (official: sim[:, :bs]).
-        negatives = sample_itm_negatives(itc.sim_i2t[:, :b], itc.sim_t2i[:, :b], generator=self._generator)
-        return itc, negatives
+        if gathered and self.global_negatives:
+            n = world * b
+            mask = diagonal_positive_mask(b, n, offset, device=out.image_feat.device)
+            negatives = sample_itm_negatives(itc.sim_i2t[:, :n], itc.sim_t2i[:, :n], positive_mask=mask,
+                                             generator=self._generator)
+            return itc, negatives, True
+        cols = slice(offset, offset + b)  # this rank's own block of keys
+        negatives = sample_itm_negatives(itc.sim_i2t[:, cols], itc.sim_t2i[:, cols], generator=self._generator)
+        return itc, negatives, False
 
     _generator: torch.Generator | None = None
 
@@ -95,10 +120,16 @@ class BlipPretrainTask(PretrainTask):
         if update_momentum:
             self.ema.update()
         mom = model.momentum_features(pixel_values, input_ids, attention_mask)
-        itc, negatives = self._contrastive(out, mom, alpha)
+        itc, negatives, global_negs = self._contrastive(out, mom, alpha)
 
-        # ITM: the image-grounded encoder re-encodes token ids ([ENC] first) for the 2B negatives.
-        neg = build_itm_inputs(out.image_embeds, input_ids, attention_mask, negatives)
+        # ITM: the image-grounded encoder re-encodes token ids ([ENC] first) for the 2B negatives;
+        # global candidates: images gathered with gradients, token ids without (re-encoded here).
+        cand = {}
+        if global_negs:
+            cand = dict(image_candidates=all_gather_with_grad(out.image_embeds),
+                        text_candidates=concat_all_gather(input_ids),
+                        text_atts_candidates=concat_all_gather(attention_mask))
+        neg = build_itm_inputs(out.image_embeds, input_ids, attention_mask, negatives, **cand)
         neg_logits = model.itm_logits(neg["image_embeds"], neg["text_embeds"], neg["text_atts"])
         loss_itm = itm_loss(torch.cat([out.itm_logits, neg_logits]), neg["valid"])
 
@@ -129,10 +160,16 @@ class AlbefPretrainTask(PretrainTask):
         if update_momentum:
             self.ema.update()
         mom = model.momentum_features(pixel_values, input_ids, attention_mask)
-        itc, negatives = self._contrastive(out, mom, alpha)
+        itc, negatives, global_negs = self._contrastive(out, mom, alpha)
 
-        # ITM: the fusion layers take the unimodal text states of the negatives (no re-encoding).
-        neg = build_itm_inputs(out.image_embeds, out.text_embeds, attention_mask, negatives)
+        # ITM: the fusion layers take the unimodal text states of the negatives (no re-encoding);
+        # global candidates are gathered with gradients.
+        cand = {}
+        if global_negs:
+            cand = dict(image_candidates=all_gather_with_grad(out.image_embeds),
+                        text_candidates=all_gather_with_grad(out.text_embeds),
+                        text_atts_candidates=concat_all_gather(attention_mask))
+        neg = build_itm_inputs(out.image_embeds, out.text_embeds, attention_mask, negatives, **cand)
         neg_logits = model.itm_logits(neg["image_embeds"], neg["text_embeds"], neg["text_atts"])
         loss_itm = itm_loss(torch.cat([out.itm_logits, neg_logits]), neg["valid"])
 

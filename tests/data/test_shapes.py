@@ -60,7 +60,8 @@ def test_noise_fraction_is_exact_and_noisy_captions_are_wrong(noise):
 
 
 def test_get_dataset_by_name_with_transform_and_collate():
-    ds = get_dataset("shapes", split="train", size=64, noise=0.5, num_samples=8, transform=TrainTransform(32, flip="swap"))
+    train = TrainTransform(32, flip="swap")
+    ds = get_dataset("shapes", split="train", size=64, noise=0.5, num_samples=8, transform=train)
     batch = next(iter(DataLoader(ds, batch_size=8, collate_fn=ImageTextCollator(blip_tokenizer(), 30))))
     assert batch["pixel_values"].shape == (8, 3, 32, 32) and batch["is_noisy"].sum() == 4
     assert batch["image_ids"].tolist() == list(range(8))

@@ -15,7 +15,8 @@ N_SHARDS, PER_SHARD = 8, 5
 
 def _samples(n):
     for i in range(n):
-        yield {"key": f"s{i:04d}", "image": Image.new("RGB", (12, 12), (i % 256, 0, 0)), "caption": f"Sample number {i}."}
+        image = Image.new("RGB", (12, 12), (i % 256, 0, 0))
+        yield {"key": f"s{i:04d}", "image": image, "caption": f"Sample number {i}."}
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,14 @@ def test_ptb_tokenize(raw, tokens):
     assert ptb_tokenize(raw) == tokens
 
 
+def test_dropped_tokens_are_pycocoevalcaps_list():
+    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+
+    from blipx.evaluation.captioning import _PUNCTUATIONS
+
+    assert tuple(PUNCTUATIONS) == _PUNCTUATIONS
+
+
 def test_bleu_known_value():
     # One hypothesis, 6 tokens, all n-grams present in the 7-token reference: every precision is 1,
     # so BLEU-4 = brevity penalty exp(1 - 7/6).

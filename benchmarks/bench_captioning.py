@@ -1,0 +1,96 @@
+"""End-to-end captioning: blipx ``BlipCaptioner.generate`` vs HF ``BlipForConditionalGeneration.generate``
+on the same random weights (BLIP-base at 384 px; ``--quick``: the tiny test config at 32 px).
+
+Modes: greedy, beam search (3 beams), nucleus sampling (top_p 0.9, top_k 0); every row is forced
+to produce ``NEW_TOKENS`` tokens (min_length = max_length), so both sides run the same number of
+decode steps. Reports ms per generate call, images/s, ms per decode step (call time minus the
+vision encoder's, over the new tokens), the speed-up over HF, and whether the ids are identical
+(greedy and beam; sampling draws from different RNG streams).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Recorder, bench_main, time_fn  # noqa: E402
+
+from blipx.models import BlipCaptioner  # noqa: E402
+
+MODES = {
+    "greedy": dict(),
+    "beam3": dict(num_beams=3),
+    "nucleus0.9": dict(do_sample=True, top_p=0.9, top_k=0),
+}
+
+
+def _hf_config(quick: bool):
+    from transformers import BlipConfig
+
+    if not quick:
+        return BlipConfig()  # transformers' defaults are BLIP-base: ViT-B/16 at 384 px, BERT-base
+    text = dict(
+        vocab_size=30524, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, bos_token_id=30522, eos_token_id=2, pad_token_id=0, sep_token_id=102,
+    )
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8, initializer_range=0.02)
+    return BlipConfig(text_config=text, vision_config=vision, projection_dim=16, image_text_hidden_size=16)
+
+
+def build_pair(quick: bool, device: torch.device, dtype: torch.dtype):
+    """HF model and the blipx model loaded from its ``save_pretrained`` output."""
+    from transformers import BlipForConditionalGeneration
+
+    torch.manual_seed(0)
+    hf = BlipForConditionalGeneration(_hf_config(quick)).eval()
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = BlipCaptioner.from_pretrained(d)
+    return hf.to(device=device, dtype=dtype), ours.to(device=device, dtype=dtype)
+
+
+def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], list[str]]:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    hf, ours = build_pair(quick, dev, dtype)
+    size = ours.config.vision.image_size
+    batches = [4] if quick else ([32, 1] if dev.type == "cuda" else [4])
+    new_tokens = 10 if quick else 20
+    iters = 3 if quick or dev.type == "cpu" else 10
+    rec = Recorder("captioning", dev)
+    for batch in batches:
+        px = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(dev, dtype)
+        length = dict(max_length=1 + new_tokens, min_length=1 + new_tokens)  # bos + forced tokens
+        with torch.no_grad():
+            t_vis_hf = time_fn(lambda: hf.vision_model(pixel_values=px), dev, warmup=1, iters=iters)["ms"]
+            t_vis_ours = time_fn(lambda: ours.visual_encoder(px), dev, warmup=1, iters=iters)["ms"]
+        for mode, kw in MODES.items():
+            calls = {
+                "hf": (lambda kw=kw: hf.generate(pixel_values=px, **kw, **length), t_vis_hf),
+                "blipx": (lambda kw=kw: ours.generate(px, **kw, **length), t_vis_ours),
+            }
+            same = None
+            if not kw.get("do_sample"):
+                same = bool(torch.equal(calls["hf"][0]().cpu(), calls["blipx"][0]().cpu()))
+            hf_ms = None
+            for provider, (fn, t_vis) in calls.items():
+                t = time_fn(fn, dev, warmup=1, iters=iters)
+                hf_ms = t["ms"] if provider == "hf" else hf_ms
+                rec.add(
+                    provider=provider, mode=mode, batch=batch, image_size=size, new_tokens=new_tokens,
+                    dtype=str(dtype).replace("torch.", ""), ms=t["ms"], p20_ms=t["p20_ms"], p80_ms=t["p80_ms"],
+                    images_per_s=batch * 1e3 / t["ms"], ms_per_step=max(t["ms"] - t_vis, 0.0) / new_tokens,
+                    speedup=hf_ms / t["ms"], ids_equal="" if same is None else same,
+                )
+    cols = ["provider", "mode", "batch", "image_size", "new_tokens", "dtype", "ms", "p20_ms", "p80_ms",
+            "images_per_s", "ms_per_step", "speedup", "ids_equal", "device"]
+    return rec.rows, cols
+
+
+if __name__ == "__main__":
+    raise SystemExit(bench_main(run, __doc__))
