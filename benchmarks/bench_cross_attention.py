@@ -56,7 +56,7 @@ def packed(fn, g):
         bg, h, lq, d = q.shape
         b = bg // g
         qp = q.reshape(b, g, h, lq, d).transpose(1, 2).reshape(b, h, g * lq, d)
-        return fn(qp, k, v)
+        return fn(qp, k, v).reshape(b, h, g, lq, d).transpose(1, 2).reshape(bg, h, lq, d)
 
     return call
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -37,6 +38,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from blipx import eval_runs
+
+    common = dict(data=args.data, split=args.split, num_samples=args.num_samples, device=args.device,
+                  image_root=args.image_root)
+    if args.what == "retrieval":
+        metrics = eval_runs.eval_retrieval(args.model, k_test=args.k_test, **common)
+    else:
+        metrics = eval_runs.eval_captioning(args.model, prompt=args.prompt, **common)
+    print(json.dumps(metrics, indent=1))
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"what": args.what, "model": args.model, **metrics}) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blipx", description="Fast, faithful ALBEF and BLIP.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,7 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("overrides", nargs="*", help="key=value settings (JSON values), applied after --config")
         p.set_defaults(func=_cmd_train, default_task=default_task)
+
+    p = sub.add_parser("eval", help="evaluate retrieval (R@K) or captioning (BLEU-4, CIDEr) of a saved model")
+    p.add_argument("what", choices=["retrieval", "caption"])
+    p.add_argument("--model", required=True, help="a saved model folder (e.g. <out_dir>/model), HF dir or .pth")
+    p.add_argument("--data", default="shapes", help="'shapes' or a JSON/JSONL annotation file")
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--num-samples", type=int, default=None)
+    p.add_argument("--k-test", type=int, default=16, help="ITM re-ranks the ITC top-k (official 256 COCO / 128 Flickr)")
+    p.add_argument("--prompt", default="a picture of ")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--out", default=None, help="append the metrics as a JSON line here")
+    p.set_defaults(func=_cmd_eval)
     return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from blipx.data.annotations import ImageTextDataset, read_annotations, write_jsonl
 from blipx.data.collate import ImageTextCollator, SkipCounter
 from blipx.data.images import Skipped, decode_image, load_image
-from blipx.data.shapes import ShapesDataset, caption_matches, parse_caption
+from blipx.data.shapes import ShapesDataset, caption_match_matrix, caption_matches, parse_caption
 from blipx.data.shards import webdataset_pairs, write_shards
 from blipx.data.text import pre_caption
 from blipx.data.transforms import OfficialRandAugment, TrainTransform, eval_transform, swap_left_right
@@ -42,6 +42,7 @@ __all__ = [
     "SkipCounter",
     "Skipped",
     "TrainTransform",
+    "caption_match_matrix",
     "caption_matches",
     "decode_image",
     "eval_transform",

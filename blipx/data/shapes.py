@@ -53,9 +53,9 @@ _POSITION_ALT = "|".join(map(re.escape, sorted(POSITIONS.values(), key=len, reve
 _OBJECT_RE = re.compile(rf"\b({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})(?: ({_POSITION_ALT}))?")
 
 
-def random_scene(rng: random.Random) -> list[dict[str, Any]]:
-    """1-3 objects in distinct grid cells, each {shape, color, size, position, row, col}."""
-    cells = rng.sample(sorted(POSITIONS), rng.randint(1, 3))
+def random_scene(rng: random.Random, max_objects: int = 3) -> list[dict[str, Any]]:
+    """1..max_objects objects in distinct grid cells, each {shape, color, size, position, row, col}."""
+    cells = rng.sample(sorted(POSITIONS), rng.randint(1, max_objects))
     return [
         {"shape": rng.choice(SHAPES), "color": rng.choice(list(COLORS)), "size": rng.choice(list(SIZES)),
          "position": POSITIONS[cell], "row": cell[0], "col": cell[1]}
@@ -87,8 +87,27 @@ def caption_matches(
     return said == Counter(tuple(o[a] for a in attributes) for o in objects)
 
 
+FULL_DESCRIPTION = ("size", "color", "shape", "position")
+
+
+def caption_match_matrix(
+    captions: Sequence[str], scenes: Sequence[Sequence[dict[str, Any]]], attributes: Sequence[str] = FULL_DESCRIPTION
+):
+    """bool tensor [N_scenes, N_captions]: caption j describes scene i (``caption_matches``).
+
+    The retrieval ground truth "the retrieved caption describes the query image", for
+    ``evaluate_retrieval(..., positives=...)``: identical scenes drawn twice count as hits.
+    """
+    import torch
+
+    said = [Counter(tuple(o[a] for a in attributes) for o in parse_caption(c)) for c in captions]
+    truth = [Counter(tuple(o[a] for a in attributes) for o in objs) for objs in scenes]
+    return torch.tensor([[s == t for s in said] for t in truth], dtype=torch.bool)
+
+
 def draw_scene(objects: Sequence[dict[str, Any]], image_size: int, rng: random.Random) -> Image.Image:
-    """Render objects without anti-aliasing, so each shape's centre pixel is exactly its colour."""
+    """Render objects without anti-aliasing, so each shape's centre pixel (recorded in
+    ``o["center"]`` as (x, y)) is exactly its colour."""
     img = Image.new("RGB", (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(img)
     cell = image_size / 3
@@ -117,7 +136,8 @@ def _content(objects: Sequence[dict[str, Any]]) -> Counter:
 
 
 class ShapesDataset(Dataset):
-    """Captioned shapes. ``split`` in train/val/test (different seed streams = held-out scenes).
+    """Captioned shapes. ``split`` in train/val/test (different seed streams = held-out scenes);
+    ``max_objects`` (1-9, default 3) bounds the shapes per image (1 makes an easy demo task).
 
     A sample is a dict: ``image`` (PIL, or the ``transform`` output), ``caption`` (possibly
     wrong), ``clean_caption``, ``is_noisy``, ``objects`` (the true scene, before augmentation),
@@ -133,11 +153,15 @@ class ShapesDataset(Dataset):
         noise: float = 0.0,
         seed: int = 0,
         transform=None,
+        max_objects: int = 3,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if not 0.0 <= noise <= 1.0:
             raise ValueError(f"noise must be in [0, 1], got {noise}")
+        if not 1 <= max_objects <= len(POSITIONS):
+            raise ValueError(f"max_objects must be in [1, {len(POSITIONS)}], got {max_objects}")
+        self.max_objects = max_objects
         self.split, self.image_size, self.noise, self.seed = split, image_size, noise, seed
         self.num_samples = SPLITS[split] if num_samples is None else int(num_samples)
         self.transform = transform
@@ -152,15 +176,15 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         rng = random.Random(f"{self.seed}/{self.split}/{index}")
-        objects = random_scene(rng)
+        objects = random_scene(rng, self.max_objects)
         image = draw_scene(objects, self.image_size, rng)
         clean = describe(objects, rng)
         caption, noisy = clean, index in self.noisy_indices
         if noisy:
             wrong_rng = random.Random(f"{self.seed}/{self.split}/{index}/wrong")
-            other = random_scene(wrong_rng)
+            other = random_scene(wrong_rng, self.max_objects)
             while _content(other) == _content(objects):
-                other = random_scene(wrong_rng)
+                other = random_scene(wrong_rng, self.max_objects)
             caption = describe(other, wrong_rng)
         return {"image": image, "caption": caption, "clean_caption": clean, "is_noisy": noisy,
                 "objects": objects, "image_id": index, "index": index}  # fmt: skip

@@ -19,7 +19,9 @@ from typing import Any
 
 # pycocoevalcap's PTBTokenizer.PUNCTUATIONS (its module is not imported so that tokenizing
 # does not need the package), plus what CoreNLP rewrites into them: brackets and '"'.
-_PUNCTUATIONS = ("''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";")
+_PUNCTUATIONS = (
+    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"
+)  # fmt: skip
 _DROP = set(_PUNCTUATIONS) | {"(", ")", "[", "]", "{", "}", '"'}
 _NT = re.compile(r"(\w)n't\b")
 _CLITIC = re.compile(r"(\w)'(s|re|ve|ll|d|m)\b")

@@ -155,6 +155,10 @@ def evaluate_retrieval(
     finally:
         model.train(was_training)
     txt2img = torch.as_tensor(txt2img, dtype=torch.long)
+    n_img = score_i2t.shape[0]
+    if (positives is None and int(txt2img.max()) >= n_img) or (positives is not None and positives.shape[0] != n_img):
+        # A loader that dropped unreadable images shifts every later image: refuse, do not mis-score.
+        raise ValueError(f"got {n_img} images, but the ground truth refers to more; were images skipped?")
     metrics = recall_at_k(score_i2t, score_t2i, txt2img, positives)
     itc = recall_at_k(sims, sims.t(), txt2img, positives)
     metrics.update({f"itc_{k}": v for k, v in itc.items()})

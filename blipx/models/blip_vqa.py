@@ -1,8 +1,8 @@
 """BLIP VQA model (``blip_vqa.py``): an image-grounded question encoder and a separate answer
 decoder (not tied to the encoder) that cross-attends to the question states.
 
-Only the network: answer ranking (``rank``) and ``generate`` build on ``answer_logits`` and on
-the decoder's KV cache (issue 5).
+Answer ranking (``rank``) builds on ``answer_logits``; :meth:`BlipVqa.generate` decodes free-form
+answers with :mod:`blipx.generation`.
 """
 
 from __future__ import annotations
@@ -57,6 +57,20 @@ class BlipVqa(BlipxModel):
             encoder_attention_mask=question_mask, is_decoder=True,
         )
         return logits
+
+    @torch.no_grad()
+    def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None, **kw) -> torch.Tensor:
+        """Answer ids [B * num_return_sequences, 1 + new] starting with [DEC], as HF
+        ``BlipForQuestionAnswering.generate``: the question is encoded against the image, then the
+        decoder runs from [DEC] over the question states. As in HF (and the official code), the
+        decoder's cross-attention ignores the question padding (an all-ones mask). ``kw``: the
+        decoding arguments of :meth:`blipx.models.BlipCaptioner.generate`. The question K/V are
+        projected once per question and shared by its beams."""
+        from blipx.generation import generate
+
+        q = self.encode_question(self.visual_encoder(pixel_values), input_ids, attention_mask)
+        bos = torch.full((q.shape[0], 1), self.config.text.bos_token_id, dtype=torch.long, device=q.device)
+        return generate(self.text_decoder, q, bos, **kw)
 
     def forward(
         self,

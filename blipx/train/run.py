@@ -35,8 +35,9 @@ def build_model(cfg: TrainConfig):
     family, model_task = TASKS[cfg.task]
     extra = {"momentum": True} if model_task == "retriever" else {}
     if cfg.init:
-        cls = MODEL_CLASSES[(family, model_task)]
-        return cls.from_pretrained(cfg.init, **cfg.model_overrides, **extra)
+        from blipx.models.downstream import load_model_as
+
+        return load_model_as(MODEL_CLASSES[(family, model_task)], cfg.init, **cfg.model_overrides, **extra)
     model = create_model(cfg.model, model_task, **cfg.model_overrides, **extra)
     if model.config.family != family:
         raise ValueError(f"task {cfg.task} needs a {family} model, but {cfg.model} is {model.config.family}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from blipx.losses import alpha_warmup
 from blipx.train import checkpoint as ckpt
@@ -82,7 +82,16 @@ class Trainer:
         self.task = task.to(self.device)
         self.module = self.dist.wrap(self.task)  # DDP when distributed
         self.optimizer = build_optimizer(self.task, cfg)
-        self.spb = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, 0, self.dist.rank, self.dist.world).batches_per_epoch()
+        self.streaming = isinstance(dataset, IterableDataset)
+        if self.streaming:
+            # Shards stream with their own per-rank/per-worker split and have no length: the run
+            # is measured in steps, and a resumed run restarts the stream (not bit-exact).
+            if cfg.max_steps <= 0:
+                raise ValueError("a streaming (WebDataset) run needs max_steps > 0")
+            self.spb = cfg.max_steps * cfg.grad_accum
+        else:
+            self.spb = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, 0, self.dist.rank,
+                                    self.dist.world).batches_per_epoch()
         if self.spb == 0:
             raise ValueError(f"dataset of {len(dataset)} samples gives no full batch of {cfg.batch_size} per rank")
         self.steps_per_epoch = max(1, self.spb // cfg.grad_accum)
@@ -107,6 +116,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
+        if self.streaming:
+            return DataLoader(self.dataset, batch_size=self.cfg.batch_size, collate_fn=self.collate_fn,
+                              num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")
         sampler = EpochSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, epoch, self.dist.rank,
                                self.dist.world, start_batch)
         # A seeded loader generator: worker seeds do not consume (and depend on) the global RNG.

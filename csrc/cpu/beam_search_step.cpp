@@ -1,11 +1,11 @@
 // CPU kernel for blipx::beam_search_step: one step of HF's vectorised beam search (reference:
 // blipx/ops/reference.py: beam_search_step_ref) without the [B, K*V] score matrix.
 //
-// Stage 1, per beam row (parallel over B*K rows): one pass for the row max and sum of exp
-// (log-softmax in fp32, the sum accumulated in double), then a second pass that computes each
-// candidate's processed score -- log-prob, repetition penalty for tokens present in
-// sequences[:, :cur_len] (each distinct token once), EOS at -inf while cur_len < min_length,
-// plus the running beam score -- and keeps the row's top 2K in a small sorted array.
+// Stage 1, per beam row (parallel over B*K rows): vectorisable passes for the row max and the
+// sum of exp (log-softmax in fp32, the sum accumulated in double), then each candidate's
+// processed score -- log-prob, repetition penalty for tokens present in sequences[:, :cur_len]
+// (each distinct token once), EOS at -inf while cur_len < min_length, plus the running beam
+// score -- and a scan that keeps the row's top 2K in a small sorted array.
 // Stage 2, per batch row: a K-way merge of the K sorted lists gives the batch row's top 2K.
 // The global top 2K over K*V is contained in the union of the per-beam top 2K (each beam's
 // candidates are compared in the same score space), so this is exact.
@@ -15,6 +15,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -26,6 +28,29 @@ namespace blipx {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// exp(x) for x <= 0 (x = -inf gives 0), branch-free so that the loops calling it vectorise
+// (libm's expf does not): Cephes' expf polynomial on x = n ln2 + r, |r| <= ln2 / 2, scaled by
+// 2^n through the exponent bits; within ~2 ulp of expf. Results below exp(-87) (just above the
+// smallest normal float) flush to 0, which changes no decision: such weights are < 2^-125 of
+// the row max.
+inline float exp_nonpos(float x) {
+  const bool under = x < -87.0f;
+  x = under ? -87.0f : x;
+  const float t = x * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23: round to nearest
+  const float n = t - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t ni = std::bit_cast<int32_t>(t) - 0x4B400000;  // n as an integer, in [-126, 0]
+  const float scale = std::bit_cast<float>((ni + 127) << 23);
+  return under ? 0.0f : p * scale;
+}
 
 struct Cand {
   float score;
@@ -39,44 +64,46 @@ inline bool before(const Cand& a, const Cand& b) {
   return a.score > b.score || (a.score == b.score && a.flat < b.flat);
 }
 
+// Fills top[0, n2k) with beam row `beam`'s best n2k candidates, sorted. `s` is a V-float scratch.
 template <typename T>
 void beam_row_topk(const T* row, int64_t stride, int64_t v, const int64_t* seq, int64_t seq_stride, int64_t cur_len,
-                   float beam_score, int64_t banned, float penalty, int64_t beam, int64_t n2k,
-                   std::vector<uint8_t>& mark, Cand* top) {
+                   float beam_score, int64_t banned, float penalty, int64_t beam, int64_t n2k, float* s, Cand* top) {
+  for (int64_t j = 0; j < v; ++j) s[j] = static_cast<float>(row[j * stride]);
   float m = -kInf;
-  for (int64_t j = 0; j < v; ++j) m = std::max(m, static_cast<float>(row[j * stride]));
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < v; ++j) m = std::max(m, s[j]);
   double sum = 0.0;
-  for (int64_t j = 0; j < v; ++j) sum += std::exp(static_cast<float>(row[j * stride]) - m);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < v; ++j) sum += exp_nonpos(s[j] - m);
   const float logd = static_cast<float>(std::log(sum));
-  const bool penalize = penalty != 1.f;
-  if (penalize) {
+  // Processed scores: log-prob in torch's log_softmax form plus the running score (NaN -> -inf).
+#pragma omp simd
+  for (int64_t j = 0; j < v; ++j) {
+    const float acc = ((s[j] - m) - logd) + beam_score;
+    s[j] = acc != acc ? -kInf : acc;
+  }
+  // The penalty is recomputed from the logit, so a token listed twice is penalised once.
+  if (penalty != 1.f) {
     for (int64_t c = 0; c < cur_len; ++c) {
       const int64_t t = seq[c * seq_stride];
-      if (t >= 0 && t < v) mark[t] = 1;  // ids outside the vocabulary are ignored
+      if (t < 0 || t >= v) continue;  // ids outside the vocabulary are ignored
+      const float lp = (static_cast<float>(row[t * stride]) - m) - logd;
+      const float acc = (lp < 0.f ? lp * penalty : lp / penalty) + beam_score;
+      s[t] = acc != acc ? -kInf : acc;
     }
   }
-  for (int64_t i = 0; i < n2k; ++i) top[i] = {-kInf, -1};
+  if (banned >= 0) s[banned] = -kInf;
+  // Top n2k by insertion into a small sorted array; most columns fail the first compare.
   int64_t filled = 0;
   for (int64_t j = 0; j < v; ++j) {
-    float lp = (static_cast<float>(row[j * stride]) - m) - logd;  // torch's log_softmax form
-    if (penalize && mark[j]) lp = lp < 0.f ? lp * penalty : lp / penalty;
-    if (j == banned) lp = -kInf;
-    float s = lp + beam_score;
-    if (std::isnan(s)) s = -kInf;
-    const Cand c{s, beam * v + j};
-    if (filled == n2k && !before(c, top[n2k - 1])) continue;
+    if (filled == n2k && !(s[j] > top[n2k - 1].score)) continue;  // ties keep the lower token
+    const Cand c{s[j], beam * v + j};
     int64_t pos = filled < n2k ? filled++ : n2k - 1;
     while (pos > 0 && before(c, top[pos - 1])) {
       top[pos] = top[pos - 1];
       --pos;
     }
     top[pos] = c;
-  }
-  if (penalize) {
-    for (int64_t c = 0; c < cur_len; ++c) {
-      const int64_t t = seq[c * seq_stride];
-      if (t >= 0 && t < v) mark[t] = 0;
-    }
   }
 }
 
@@ -107,10 +134,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_step_cpu(const at::Te
     const scalar_t* base = logits.const_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / v);
     at::parallel_for(0, b * k, grain, [&](int64_t lo, int64_t hi) {
-      std::vector<uint8_t> mark(static_cast<size_t>(v), 0);
+      std::vector<float> scratch(static_cast<size_t>(v));
       for (int64_t r = lo; r < hi; ++r) {
         beam_row_topk<scalar_t>(base + r * s_row, s_col, v, seq_ptr + r * q_row, q_col, cur_len, bs_ptr[r], banned,
-                                penalty, r % k, per_beam, mark, cand.data() + r * per_beam);
+                                penalty, r % k, per_beam, scratch.data(), cand.data() + r * per_beam);
       }
     });
   });

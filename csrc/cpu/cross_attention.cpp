@@ -47,9 +47,11 @@ inline void gemm(char ta, char tb, int m, int n, int k, double alpha, const doub
 // exp(x) for x <= ~0 (every caller subtracts a running max or the logsumexp): 2^(x*log2e) as
 // 2^n * poly(f), branch-free so the loops vectorise (std::exp does not without -ffast-math).
 // Degree-7 Taylor of 2^f on |f| <= 0.5: relative error < 1e-8. x = -inf gives exactly 0.
-inline float exp_neg(float x) {
+// always_inline: it must be inlined into each target clone below for the loops to vectorise.
+__attribute__((always_inline)) inline float exp_neg(float x) {
   float t = x * 1.4426950408889634f;
-  t = std::min(std::max(t, -127.0f), 127.0f);
+  // Ternaries, not std::min/max: those would not inline into the target clones.
+  t = t < -127.0f ? -127.0f : (t > 127.0f ? 127.0f : t);
   // Round to nearest via the 1.5 * 2^23 trick: vectorises on every ISA (nearbyint needs SSE4.1).
   const float n = (t + 12582912.0f) - 12582912.0f;
   const float f = t - n;
@@ -80,9 +82,9 @@ BLIPX_MULTIVERSION float softmax_block_row(float* __restrict__ s, const float* _
 #pragma omp simd reduction(max : mx)
   for (int64_t j = 0; j < nb; ++j) {
     s[j] += bias[j];
-    mx = std::max(mx, s[j]);
+    mx = s[j] > mx ? s[j] : mx;
   }
-  const float m_new = std::max(m, mx);
+  const float m_new = mx > m ? mx : m;
   if (m_new == -std::numeric_limits<float>::infinity()) {  // all keys so far masked
 #pragma omp simd
     for (int64_t j = 0; j < nb; ++j) s[j] = 0.0f;

@@ -6,7 +6,8 @@
 //      y = x / temperature (NaN -> -inf, -0 -> +0 so that equal values compare equal);
 //   2. top-k: the k-th largest y by std::nth_element on a copy (expected O(V)); y >= kth is kept,
 //      so ties with the k-th value stay in, as HF's `scores < topk(...)[-1]` test does;
-//   3. weights w = exp(y - max) over the kept set (the max has w = 1, so the total is >= 1);
+//   3. weights w = exp(y - max) over the kept set (the max has w = 1, so the total is >= 1),
+//      with a vectorisable exp (exp_nonpos below);
 //   4. top-p: the smallest weight threshold t with mass(w > t) < p * total, by a three-way
 //      quickselect that carries the mass above the current range (expected O(V), no sort);
 //      w >= t is kept -- the token that crosses p stays in, as in HF;
@@ -25,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -37,6 +39,29 @@ namespace blipx {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// exp(x) for x <= 0 (x = -inf gives 0), branch-free so that the loops calling it vectorise
+// (libm's expf does not): Cephes' expf polynomial on x = n ln2 + r, |r| <= ln2 / 2, scaled by
+// 2^n through the exponent bits; within ~2 ulp of expf. Results below exp(-87) (just above the
+// smallest normal float) flush to 0, which changes no decision: such weights are < 2^-125 of
+// the row max.
+inline float exp_nonpos(float x) {
+  const bool under = x < -87.0f;
+  x = under ? -87.0f : x;
+  const float t = x * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23: round to nearest
+  const float n = t - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t ni = std::bit_cast<int32_t>(t) - 0x4B400000;  // n as an integer, in [-126, 0]
+  const float scale = std::bit_cast<float>((ni + 127) << 23);
+  return under ? 0.0f : p * scale;
+}
 
 // Uniform in [0, 1) with 53 random bits from two 32-bit Philox outputs.
 inline double uniform01(at::philox_engine& eng) {
@@ -105,9 +130,11 @@ int64_t sample_row(const T* row, int64_t stride, int64_t v, RowParams prm, uint6
   if (amax < 0) return -1;                   // every logit is -inf or NaN
   if (!(prm.temperature > 0.f)) return amax;  // greedy (temperature <= 0 or NaN)
   const float t = prm.temperature;
-  for (int64_t j = 0; j < v; ++j) {
-    const float x = static_cast<float>(row[j * stride]);
-    y[j] = std::isnan(x) ? -kInf : x / t + 0.0f;  // + 0.0f turns -0 into +0
+  {
+    float* yp = y.data();
+    for (int64_t j = 0; j < v; ++j) yp[j] = static_cast<float>(row[j * stride]);
+#pragma omp simd
+    for (int64_t j = 0; j < v; ++j) yp[j] = yp[j] != yp[j] ? -kInf : yp[j] / t + 0.0f;  // NaN -> -inf; -0 -> +0
   }
   const float m = mx / t;  // division is monotone, so max(x / t) == max(x) / t
   const bool inf_row = std::isinf(m);
@@ -121,13 +148,21 @@ int64_t sample_row(const T* row, int64_t stride, int64_t v, RowParams prm, uint6
     kth = buf[prm.top_k - 1];
   }
 
-  // 3. weights relative to the max, in place.
+  // 3. weights relative to the max, in place (kth = -inf without top-k keeps every y).
   double total = 0.0;
-  for (int64_t j = 0; j < v; ++j) {
-    float w = 0.f;
-    if (!use_k || y[j] >= kth) w = inf_row ? (y[j] == kInf ? 1.f : 0.f) : std::exp(y[j] - m);
-    y[j] = w;
-    total += w;
+  float* yp = y.data();
+  if (inf_row) {
+    for (int64_t j = 0; j < v; ++j) {
+      yp[j] = (yp[j] >= kth && yp[j] == kInf) ? 1.f : 0.f;
+      total += yp[j];
+    }
+  } else {
+#pragma omp simd reduction(+ : total)
+    for (int64_t j = 0; j < v; ++j) {
+      const float w = yp[j] >= kth ? exp_nonpos(yp[j] - m) : 0.f;
+      yp[j] = w;
+      total += w;
+    }
   }
 
   // 4. top-p threshold (p >= 1 or NaN: off; p <= 0: the max and its ties only).

@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from blipx.data import ImageTextCollator, ImageTextDataset, ShapesDataset, TrainTransform, get_dataset, webdataset_pairs
-from blipx.data.shapes import BACKGROUND, COLORS, POSITIONS, caption_matches, parse_caption
+from blipx.data.shapes import BACKGROUND, COLORS, POSITIONS, caption_match_matrix, caption_matches, parse_caption
 from blipx.tokenizer import blip_tokenizer
 
 
@@ -47,13 +47,14 @@ def test_caption_describes_the_image(image_size):
             assert {"size": o["size"], "color": o["color"], "shape": o["shape"], "position": o["position"]} in mentioned
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.3, 1.0])
-def test_noise_fraction_is_exact_and_noisy_captions_are_wrong(noise):
-    ds = ShapesDataset("train", num_samples=200, noise=noise, seed=1)
+@pytest.mark.parametrize("noise, max_objects", [(0.0, 3), (0.3, 3), (1.0, 3), (0.5, 1)])
+def test_noise_fraction_is_exact_and_noisy_captions_are_wrong(noise, max_objects):
+    ds = ShapesDataset("train", num_samples=200, noise=noise, seed=1, max_objects=max_objects)
     samples = [ds.raw(i) for i in range(200)]
     flags = [s["is_noisy"] for s in samples]
     assert sum(flags) == round(noise * 200)
     for s in samples:
+        assert 1 <= len(s["objects"]) <= max_objects
         assert caption_matches(s["clean_caption"], s["objects"])
         assert caption_matches(s["caption"], s["objects"]) == (not s["is_noisy"])
         assert (s["caption"] == s["clean_caption"]) == (not s["is_noisy"])
@@ -88,3 +89,16 @@ def test_export_shards_round_trip(tmp_path):
     assert [s["caption"] for s in got] == [ds.raw(i)["caption"] for i in range(10)]
     assert [s["is_noisy"] for s in got] == [ds.raw(i)["is_noisy"] for i in range(10)]
     assert np.array_equal(np.asarray(got[3]["image"]), np.asarray(ds.raw(3)["image"]))
+
+
+def test_caption_match_matrix_is_the_retrieval_ground_truth():
+    ds = ShapesDataset("test", num_samples=30, seed=5)
+    samples = [ds.raw(i) for i in range(30)]
+    m = caption_match_matrix([s["caption"] for s in samples], [s["objects"] for s in samples])
+    assert m.shape == (30, 30) and bool(m.diagonal().all())
+    full = ("size", "color", "shape", "position")
+    expected = [[caption_matches(t["caption"], s["objects"], full) for t in samples] for s in samples]
+    assert m.tolist() == expected
+    # Colour + shape alone is looser: at least as many hits.
+    loose = caption_match_matrix([s["caption"] for s in samples], [s["objects"] for s in samples], ("color", "shape"))
+    assert bool((loose | ~m).all()) and int(loose.sum()) >= int(m.sum())

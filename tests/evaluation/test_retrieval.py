@@ -85,3 +85,9 @@ def test_evaluate_retrieval_end_to_end_from_a_dataloader():
     assert all(0.0 <= m[k] <= 100.0 and 0.0 <= m[f"itc_{k}"] <= 100.0 for k in keys)
     assert m["txt_r1"] <= m["txt_r5"] <= m["txt_r10"] and m["img_r1"] <= m["img_r5"] <= m["img_r10"]
     assert m["r_mean"] == pytest.approx((m["txt_r_mean"] + m["img_r_mean"]) / 2)
+
+
+def test_missing_images_are_refused_rather_than_misaligned():
+    model = create_model("blip_tiny", "retriever")
+    with pytest.raises(ValueError, match="skipped"):
+        evaluate_retrieval(model, torch.randn(2, 3, 32, 32), ["a", "b", "c"], [0, 1, 2], k_test=2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import BOS, PAD, PROMPT, SEP, hf_prompt
+from .helpers import BOS, PAD, PROMPT, SEP, hf_prompt
 
 CASES = {
     "greedy": dict(max_length=12),

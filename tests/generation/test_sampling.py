@@ -9,7 +9,7 @@ import torch
 from blipx import ops
 from blipx.ops.reference import sample_tokens_probs_ref
 
-from .conftest import SEP, hf_prompt
+from .helpers import SEP, hf_prompt
 
 B_NRS = 8  # return sequences per image
 
