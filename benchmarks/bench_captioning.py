@@ -59,7 +59,7 @@ def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], lis
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     hf, ours = build_pair(quick, dev, dtype)
     size = ours.config.vision.image_size
-    batches = [4] if quick else ([32, 1] if dev.type == "cuda" else [4])
+    batches = [4] if quick else ([32, 1] if dev.type == "cuda" else [1])
     new_tokens = 10 if quick else 20
     iters = 3 if quick or dev.type == "cpu" else 10
     rec = Recorder("captioning", dev)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -54,6 +55,36 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_capfilt(args: argparse.Namespace) -> int:
+    from blipx.capfilt import CapFilt, CapFiltSettings, merge_and_report
+    from blipx.models import BlipCaptioner, BlipRetriever
+    from blipx.models.downstream import load_model_as
+    from blipx.train.distributed import cleanup, init_distributed
+
+    dist_info = init_distributed(args.device)
+    try:
+        settings = CapFiltSettings(num_captions=args.num_captions, top_p=args.top_p, threshold=args.threshold,
+                                   batch_size=args.batch_size, chunk_size=args.chunk_size, seed=args.seed,
+                                   prompt=args.prompt)
+        captioner = load_model_as(BlipCaptioner, args.captioner).to(dist_info.device)
+        filt = load_model_as(BlipRetriever, args.filter).to(dist_info.device)
+        image_root = args.image_root or str(Path(args.data).parent)
+        n = CapFilt(captioner, filt, settings).run(args.data, image_root, args.out, dist_info.rank, dist_info.world,
+                                                   progress=not args.no_progress)
+        print(f"rank {dist_info.rank}: {n} new chunk(s)")
+        if dist_info.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # every chunk is on disk before rank 0 merges
+        if dist_info.is_main:
+            report = merge_and_report(args.out, settings.threshold)
+            print(json.dumps(report, indent=1))
+            print(f"bootstrapped annotations: {Path(args.out) / 'bootstrapped.jsonl'}")
+    finally:
+        cleanup()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blipx", description="Fast, faithful ALBEF and BLIP.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--out", default=None, help="append the metrics as a JSON line here")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("capfilt", help="bootstrap an annotation file: caption (nucleus) + filter (ITM)")
+    p.add_argument("--captioner", required=True, help="BLIP captioning model (blipx dir, HF dir, .pth)")
+    p.add_argument("--filter", required=True, help="BLIP retrieval model whose ITM head filters")
+    p.add_argument("--data", required=True, help="JSON/JSONL annotation file (JSONL streams)")
+    p.add_argument("--image-root", default=None, help="default: the annotation file's folder")
+    p.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
+    p.add_argument("--num-captions", type=int, default=1)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", default="a picture of ")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_capfilt)
     return parser
 
 

@@ -27,12 +27,15 @@ class ImageTextCollator:
 
     ``padding``: "max_length" (official BLIP: 35 for retrieval, 30 for pretraining) or
     "longest" (official ALBEF pretraining, with ``max_length`` as the truncation limit).
+    ``prompt`` is prepended to every caption before tokenizing (BLIP captioning: "a picture of ",
+    as its ``coco_karpathy_train`` dataset does); ``captions`` stay without it.
     """
 
-    def __init__(self, tokenizer, max_length: int = 35, padding: str = "max_length") -> None:
+    def __init__(self, tokenizer, max_length: int = 35, padding: str = "max_length", prompt: str = "") -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.padding = padding
+        self.prompt = prompt
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         skipped = Counter(s.reason if isinstance(s, Skipped) else "unknown" for s in samples if not isinstance(s, dict))
@@ -50,8 +53,9 @@ class ImageTextCollator:
             batch["attention_mask"] = torch.empty(0, 0, dtype=torch.long)
             return batch
         batch["pixel_values"] = torch.stack([s["image"] for s in kept])
+        texts = [self.prompt + c for c in batch["captions"]]
         tok = self.tokenizer(
-            batch["captions"], padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt"
+            texts, padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         batch["input_ids"], batch["attention_mask"] = tok["input_ids"], tok["attention_mask"]
         if all("is_noisy" in s for s in kept):

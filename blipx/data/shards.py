@@ -24,6 +24,7 @@ from blipx.data.text import pre_caption
 from blipx.data.transforms import apply_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+NO_CAPTION = "no_caption"  # a skip reason of shards only: annotation files always have captions
 
 
 def _webdataset():
@@ -62,11 +63,11 @@ def _decode(sample: dict[str, Any], transform, max_words: int, caption_style: st
             meta = json.loads(sample["json"])
         except ValueError as e:
             return Skipped(CORRUPT, key, f"bad json: {e}")
-    caption = sample["txt"].decode("utf-8") if "txt" in sample else meta.get("caption", meta.get("text"))
+    caption = sample["txt"].decode("utf-8", errors="replace") if "txt" in sample else meta.get("caption", meta.get("text"))
     if isinstance(caption, list):
         caption = caption[0] if caption else None
     if not caption:
-        return Skipped("no_caption", key)
+        return Skipped(NO_CAPTION, key)
     data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if data is None:
         return Skipped(MISSING, key, "no image member")
@@ -101,7 +102,9 @@ def webdataset_pairs(
     :class:`~blipx.data.ImageTextDataset` yields (plus ``key``), or :class:`Skipped`.
 
     ``urls``: brace pattern (``"data/shard-{000000..000099}.tar"``), a list, or anything
-    webdataset opens (``pipe:`` ...). ``rank``/``world_size`` default to torch.distributed.
+    webdataset opens (``pipe:`` ...). ``rank``/``world_size`` default to torch.distributed, read
+    when this is called (so call it after ``init_process_group``). Ranks may receive different
+    sample counts; DDP needs equal step counts, e.g. ``ds.repeat(2).with_epoch(n)``.
     ``shard_shuffle`` / ``sample_shuffle``: buffer sizes (0 = keep order). Unreadable tar members
     are skipped by webdataset with a warning; unreadable images become counted ``Skipped``.
     Use with a ``DataLoader(batch_size=..., collate_fn=ImageTextCollator(...))``.

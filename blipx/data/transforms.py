@@ -59,8 +59,7 @@ class OfficialRandAugment(v2.RandAugment):
         height, width = v2.functional.get_size(image)
         for _ in range(self.num_ops):
             name, (magnitudes_fn, signed) = self._get_random_item(self._AUGMENTATION_SPACE)
-            # Draw the coin even for skipped ops so the RNG stream does not depend on the op.
-            if torch.rand(()) >= self.prob:
+            if torch.rand(()) >= self.prob:  # official: each drawn op is skipped with prob 1 - 0.5
                 continue
             magnitudes = magnitudes_fn(self.num_magnitude_bins, height, width)
             magnitude = 0.0 if magnitudes is None else float(magnitudes[self.magnitude])

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -29,14 +30,19 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// exp(x) for x <= 0 (x = -inf gives 0), branch-free so that the loops calling it vectorise
-// (libm's expf does not): Cephes' expf polynomial on x = n ln2 + r, |r| <= ln2 / 2, scaled by
-// 2^n through the exponent bits; within ~2 ulp of expf. Results below exp(-87) (just above the
-// smallest normal float) flush to 0, which changes no decision: such weights are < 2^-125 of
-// the row max.
+// exp(x) for x <= 0 (x = -inf gives 0), written so that loops calling it vectorise (libm's expf
+// does not): Cephes' expf polynomial on x = n ln2 + r, |r| <= ln2 / 2, scaled by 2^n through the
+// exponent bits; within 1 ulp of expf on [-87, 0]. Below -87 (exp < 1.7e-38, near the smallest
+// normal float) the result is 0, which changes no decision: such weights are < 2^-125 of the
+// row max. Range test and clamp are integer arithmetic on the bits: GCC does not if-convert the
+// float compares and selects of a plain version under the default -ftrapping-math.
 inline float exp_nonpos(float x) {
-  const bool under = x < -87.0f;
-  x = under ? -87.0f : x;
+  // Branch-free range handling on the magnitude bits (d < 0: |x| > 87, or NaN).
+  const int32_t mag = static_cast<int32_t>(std::bit_cast<uint32_t>(x) & 0x7FFFFFFFu);
+  const int32_t d = 0x42AE0000 - mag;  // bits of 87.0f
+  const int32_t over = d >> 31;        // all ones when |x| > 87
+  const uint32_t keep = ~static_cast<uint32_t>(over);
+  x = std::bit_cast<float>(static_cast<uint32_t>(mag + (d & over)) | 0x80000000u);  // -min(|x|, 87)
   const float t = x * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23: round to nearest
   const float n = t - 12582912.0f;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
@@ -48,8 +54,21 @@ inline float exp_nonpos(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const int32_t ni = std::bit_cast<int32_t>(t) - 0x4B400000;  // n as an integer, in [-126, 0]
-  const float scale = std::bit_cast<float>((ni + 127) << 23);
-  return under ? 0.0f : p * scale;
+  const uint32_t scale = static_cast<uint32_t>(ni + 127) << 23;
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(p * std::bit_cast<float>(scale)) & keep);
+}
+
+// Order-fixed sum with eight double accumulators: vectorises, and the result does not depend on
+// the thread count.
+inline double sum8(const float* a, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[j + u];
+  double s = 0.0;
+  for (; j < n; ++j) s += a[j];
+  for (int u = 0; u < 8; ++u) s += acc[u];
+  return s;
 }
 
 struct Cand {
@@ -64,32 +83,27 @@ inline bool before(const Cand& a, const Cand& b) {
   return a.score > b.score || (a.score == b.score && a.flat < b.flat);
 }
 
-// Fills top[0, n2k) with beam row `beam`'s best n2k candidates, sorted. `s` is a V-float scratch.
+// Fills top[0, n2k) with beam row `beam`'s best n2k candidates, sorted. `s`, `e`: V-float scratch.
 template <typename T>
 void beam_row_topk(const T* row, int64_t stride, int64_t v, const int64_t* seq, int64_t seq_stride, int64_t cur_len,
-                   float beam_score, int64_t banned, float penalty, int64_t beam, int64_t n2k, float* s, Cand* top) {
+                   float beam_score, int64_t banned, float penalty, int64_t beam, int64_t n2k, float* s, float* e,
+                   Cand* top) {
   for (int64_t j = 0; j < v; ++j) s[j] = static_cast<float>(row[j * stride]);
   float m = -kInf;
-#pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < v; ++j) m = std::max(m, s[j]);
-  double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < v; ++j) sum += exp_nonpos(s[j] - m);
-  const float logd = static_cast<float>(std::log(sum));
-  // Processed scores: log-prob in torch's log_softmax form plus the running score (NaN -> -inf).
 #pragma omp simd
-  for (int64_t j = 0; j < v; ++j) {
-    const float acc = ((s[j] - m) - logd) + beam_score;
-    s[j] = acc != acc ? -kInf : acc;
-  }
+  for (int64_t j = 0; j < v; ++j) e[j] = exp_nonpos(s[j] - m);
+  const float logd = static_cast<float>(std::log(sum8(e, v)));
+  // Processed scores: log-prob in torch's log_softmax form plus the running score.
+#pragma omp simd
+  for (int64_t j = 0; j < v; ++j) s[j] = ((s[j] - m) - logd) + beam_score;
   // The penalty is recomputed from the logit, so a token listed twice is penalised once.
   if (penalty != 1.f) {
     for (int64_t c = 0; c < cur_len; ++c) {
       const int64_t t = seq[c * seq_stride];
       if (t < 0 || t >= v) continue;  // ids outside the vocabulary are ignored
       const float lp = (static_cast<float>(row[t * stride]) - m) - logd;
-      const float acc = (lp < 0.f ? lp * penalty : lp / penalty) + beam_score;
-      s[t] = acc != acc ? -kInf : acc;
+      s[t] = (lp < 0.f ? lp * penalty : lp / penalty) + beam_score;
     }
   }
   if (banned >= 0) s[banned] = -kInf;
@@ -97,7 +111,7 @@ void beam_row_topk(const T* row, int64_t stride, int64_t v, const int64_t* seq, 
   int64_t filled = 0;
   for (int64_t j = 0; j < v; ++j) {
     if (filled == n2k && !(s[j] > top[n2k - 1].score)) continue;  // ties keep the lower token
-    const Cand c{s[j], beam * v + j};
+    const Cand c{std::isnan(s[j]) ? -kInf : s[j], beam * v + j};
     int64_t pos = filled < n2k ? filled++ : n2k - 1;
     while (pos > 0 && before(c, top[pos - 1])) {
       top[pos] = top[pos - 1];
@@ -134,10 +148,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_step_cpu(const at::Te
     const scalar_t* base = logits.const_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / v);
     at::parallel_for(0, b * k, grain, [&](int64_t lo, int64_t hi) {
-      std::vector<float> scratch(static_cast<size_t>(v));
+      std::vector<float> scratch(static_cast<size_t>(2 * v));
       for (int64_t r = lo; r < hi; ++r) {
         beam_row_topk<scalar_t>(base + r * s_row, s_col, v, seq_ptr + r * q_row, q_col, cur_len, bs_ptr[r], banned,
-                                penalty, r % k, per_beam, scratch.data(), cand.data() + r * per_beam);
+                                penalty, r % k, per_beam, scratch.data(), scratch.data() + v, cand.data() + r * per_beam);
       }
     });
   });

@@ -71,7 +71,8 @@ __attribute__((always_inline)) inline float exp_neg(float x) {
 }
 inline double exp_neg(double x) { return std::exp(x); }
 
-#define BLIPX_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+// ISA levels, not CPU models: "arch=skylake-avx512" would test the CPU model and miss AMD parts.
+#define BLIPX_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 // Online-softmax step for one row of a score block (float): s += bias (0 / -inf), then s = exp(s -
 // m_new) in place; updates the running max m and sum l. Returns the factor for the row's output

@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <mutex>
@@ -40,14 +41,19 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// exp(x) for x <= 0 (x = -inf gives 0), branch-free so that the loops calling it vectorise
-// (libm's expf does not): Cephes' expf polynomial on x = n ln2 + r, |r| <= ln2 / 2, scaled by
-// 2^n through the exponent bits; within ~2 ulp of expf. Results below exp(-87) (just above the
-// smallest normal float) flush to 0, which changes no decision: such weights are < 2^-125 of
-// the row max.
+// exp(x) for x <= 0 (x = -inf gives 0), written so that loops calling it vectorise (libm's expf
+// does not): Cephes' expf polynomial on x = n ln2 + r, |r| <= ln2 / 2, scaled by 2^n through the
+// exponent bits; within 1 ulp of expf on [-87, 0]. Below -87 (exp < 1.7e-38, near the smallest
+// normal float) the result is 0, which changes no decision: such weights are < 2^-125 of the
+// row max. Range test and clamp are integer arithmetic on the bits: GCC does not if-convert the
+// float compares and selects of a plain version under the default -ftrapping-math.
 inline float exp_nonpos(float x) {
-  const bool under = x < -87.0f;
-  x = under ? -87.0f : x;
+  // Branch-free range handling on the magnitude bits (d < 0: |x| > 87, or NaN).
+  const int32_t mag = static_cast<int32_t>(std::bit_cast<uint32_t>(x) & 0x7FFFFFFFu);
+  const int32_t d = 0x42AE0000 - mag;  // bits of 87.0f
+  const int32_t over = d >> 31;        // all ones when |x| > 87
+  const uint32_t keep = ~static_cast<uint32_t>(over);
+  x = std::bit_cast<float>(static_cast<uint32_t>(mag + (d & over)) | 0x80000000u);  // -min(|x|, 87)
   const float t = x * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23: round to nearest
   const float n = t - 12582912.0f;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
@@ -59,8 +65,21 @@ inline float exp_nonpos(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const int32_t ni = std::bit_cast<int32_t>(t) - 0x4B400000;  // n as an integer, in [-126, 0]
-  const float scale = std::bit_cast<float>((ni + 127) << 23);
-  return under ? 0.0f : p * scale;
+  const uint32_t scale = static_cast<uint32_t>(ni + 127) << 23;
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(p * std::bit_cast<float>(scale)) & keep);
+}
+
+// Order-fixed sum with eight double accumulators: vectorises, and the result does not depend on
+// the thread count.
+inline double sum8(const float* a, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[j + u];
+  double s = 0.0;
+  for (; j < n; ++j) s += a[j];
+  for (int u = 0; u < 8; ++u) s += acc[u];
+  return s;
 }
 
 // Uniform in [0, 1) with 53 random bits from two 32-bit Philox outputs.
@@ -116,7 +135,7 @@ float top_p_threshold(float* buf, int64_t n, double target) {
 
 template <typename T>
 int64_t sample_row(const T* row, int64_t stride, int64_t v, RowParams prm, uint64_t seed, int64_t r,
-                   std::vector<float>& y, std::vector<float>& buf) {
+                   std::vector<float>& y, std::vector<float>& w, std::vector<float>& buf) {
   // 1. raw max and first argmax (NaN never compares greater, so it is skipped).
   float mx = -kInf;
   int64_t amax = -1;
@@ -132,9 +151,10 @@ int64_t sample_row(const T* row, int64_t stride, int64_t v, RowParams prm, uint6
   const float t = prm.temperature;
   {
     float* yp = y.data();
-    for (int64_t j = 0; j < v; ++j) yp[j] = static_cast<float>(row[j * stride]);
-#pragma omp simd
-    for (int64_t j = 0; j < v; ++j) yp[j] = yp[j] != yp[j] ? -kInf : yp[j] / t + 0.0f;  // NaN -> -inf; -0 -> +0
+    for (int64_t j = 0; j < v; ++j) {
+      const float x = static_cast<float>(row[j * stride]);
+      yp[j] = std::isnan(x) ? -kInf : x / t + 0.0f;  // + 0.0f turns -0 into +0
+    }
   }
   const float m = mx / t;  // division is monotone, so max(x / t) == max(x) / t
   const bool inf_row = std::isinf(m);
@@ -148,22 +168,20 @@ int64_t sample_row(const T* row, int64_t stride, int64_t v, RowParams prm, uint6
     kth = buf[prm.top_k - 1];
   }
 
-  // 3. weights relative to the max, in place (kth = -inf without top-k keeps every y).
-  double total = 0.0;
+  // 3. weights relative to the max (kth = -inf without top-k keeps every y). The exp loop
+  //    vectorises; the top-k mask is a separate, branchy but cheap pass.
   float* yp = y.data();
+  float* wp = w.data();
   if (inf_row) {
-    for (int64_t j = 0; j < v; ++j) {
-      yp[j] = (yp[j] >= kth && yp[j] == kInf) ? 1.f : 0.f;
-      total += yp[j];
-    }
+    for (int64_t j = 0; j < v; ++j) wp[j] = (yp[j] >= kth && yp[j] == kInf) ? 1.f : 0.f;
   } else {
-#pragma omp simd reduction(+ : total)
-    for (int64_t j = 0; j < v; ++j) {
-      const float w = yp[j] >= kth ? exp_nonpos(yp[j] - m) : 0.f;
-      yp[j] = w;
-      total += w;
-    }
+#pragma omp simd
+    for (int64_t j = 0; j < v; ++j) wp[j] = exp_nonpos(yp[j] - m);
+    if (use_k)
+      for (int64_t j = 0; j < v; ++j)
+        if (!(yp[j] >= kth)) wp[j] = 0.f;
   }
+  const double total = sum8(wp, v);
 
   // 4. top-p threshold (p >= 1 or NaN: off; p <= 0: the max and its ties only).
   float thr = std::numeric_limits<float>::denorm_min();  // > 0: zero weights are never drawn
@@ -174,7 +192,7 @@ int64_t sample_row(const T* row, int64_t stride, int64_t v, RowParams prm, uint6
       int64_t n = 0;
       buf.resize(static_cast<size_t>(v));
       for (int64_t j = 0; j < v; ++j)
-        if (y[j] > 0.f) buf[n++] = y[j];
+        if (w[j] > 0.f) buf[n++] = w[j];
       thr = std::max(thr, top_p_threshold(buf.data(), n, static_cast<double>(prm.top_p) * total));
     }
   }
@@ -182,14 +200,14 @@ int64_t sample_row(const T* row, int64_t stride, int64_t v, RowParams prm, uint6
   // 5. inverse CDF over the kept weights.
   double kept = 0.0;
   for (int64_t j = 0; j < v; ++j)
-    if (y[j] >= thr) kept += y[j];
+    if (w[j] >= thr) kept += w[j];
   at::philox_engine eng(seed, static_cast<uint64_t>(r), 0);
   const double target = uniform01(eng) * kept;
   double run = 0.0;
   int64_t last = amax;
   for (int64_t j = 0; j < v; ++j) {
-    if (!(y[j] >= thr)) continue;
-    run += y[j];
+    if (!(w[j] >= thr)) continue;
+    run += w[j];
     last = j;
     if (run > target) return j;
   }
@@ -226,11 +244,11 @@ at::Tensor sample_tokens_cpu(const at::Tensor& logits, double temperature, int64
     const scalar_t* base = logits.const_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / v);  // ~16K elements per task
     at::parallel_for(0, b, grain, [&](int64_t lo, int64_t hi) {
-      std::vector<float> y(static_cast<size_t>(v)), buf;
+      std::vector<float> y(static_cast<size_t>(v)), w(static_cast<size_t>(v)), buf;
       for (int64_t i = lo; i < hi; ++i) {
         const RowParams prm{temp_ptr ? temp_ptr[i] : static_cast<float>(temperature), k_ptr ? k_ptr[i] : top_k,
                             p_ptr ? p_ptr[i] : static_cast<float>(top_p)};
-        out_ptr[i] = sample_row<scalar_t>(base + i * s_row, s_col, v, prm, seed, i, y, buf);
+        out_ptr[i] = sample_row<scalar_t>(base + i * s_row, s_col, v, prm, seed, i, y, w, buf);
       }
     });
   });

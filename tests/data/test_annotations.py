@@ -1,7 +1,7 @@
 import torch
 from torch.utils.data import DataLoader
 
-from blipx.data import ImageTextCollator, ImageTextDataset, SkipCounter, eval_transform, read_annotations
+from blipx.data import ImageTextCollator, ImageTextDataset, SkipCounter, eval_transform, get_dataset, read_annotations
 from blipx.data.images import CORRUPT, MISSING, TRUNCATED, Skipped, load_image
 from blipx.tokenizer import blip_tokenizer
 
@@ -18,6 +18,8 @@ def test_pairs_expand_caption_lists_with_contiguous_image_ids(image_folder):
     assert ds.texts[:4] == ["a red square", "a green square", "green block", "blue square"]
     assert ds.txt2img == [0, 1, 1, 2, 3, 4, 5]
     assert ds.img2txt[1] == [1, 2]
+    by_name = get_dataset("json", ann_files=image_folder / "ann.json", image_root=image_folder / "imgs", max_words=2)
+    assert by_name.texts[0] == "a red" and by_name.txt2img == ds.txt2img
     s = ds[2]
     assert s["image_id"] == 1 and s["caption"] == "green block"
     assert s["image"].shape == (3, 8, 8) and s["image"].dtype == torch.float32
@@ -69,5 +71,9 @@ def test_collate_tokenizes_and_handles_an_all_skipped_batch():
     assert batch["input_ids"].shape == (1, 10) and batch["input_ids"][0, 0] == 101  # [CLS], padded to 10
     assert batch["attention_mask"][0].tolist() == [1] * 5 + [0] * 5
     assert batch["image_ids"].tolist() == [5] and batch["is_noisy"].tolist() == [False]
+    with_prompt = ImageTextCollator(blip_tokenizer(), max_length=10, prompt="a picture of ")
+    prompted = with_prompt([{"image": img, "caption": "a red circle", "image_id": 5}])
+    assert prompted["captions"] == ["a red circle"]  # [CLS] a picture of a red circle [SEP]
+    assert prompted["input_ids"][0, :8].tolist() == [101, 1037, 3861, 1997, 1037, 2417, 4418, 102]
     empty = collate([None, Skipped(CORRUPT, "y")])
     assert empty["batch_size"] == 0 and empty["pixel_values"].numel() == 0 and empty["num_skipped"] == 2

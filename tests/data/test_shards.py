@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from blipx.data import ImageTextCollator, eval_transform, webdataset_pairs, write_shards
+from blipx.data import ImageTextCollator, eval_transform, get_dataset, webdataset_pairs, write_shards
 from blipx.data.shards import key_to_image_id
 from blipx.tokenizer import blip_tokenizer
 
@@ -57,6 +57,8 @@ def test_single_process_reads_all_and_parses_metadata(shards):
     assert [s["key"] for s in samples] == [f"s{i:04d}" for i in range(PER_SHARD)]
     assert samples[0]["caption"] == "sample number 0" and samples[0]["image"].size == (12, 12)
     assert samples[0]["image_id"] == key_to_image_id("s0000")
+    by_name = list(get_dataset("webdataset", urls=shards[:2], rank=1, world_size=2, caption_style="albef"))
+    assert [s["key"] for s in by_name] == [f"s{i:04d}" for i in range(PER_SHARD, 2 * PER_SHARD)]
 
 
 def test_corrupt_and_missing_images_in_a_shard_are_counted(tmp_path):

@@ -86,3 +86,20 @@ def test_invalid_arguments(captioners, px):
         ours.generate(px, max_length=65)
     with pytest.raises(ValueError, match="beam sampling"):
         ours.generate(px, num_beams=2, do_sample=True)
+
+
+@pytest.mark.cuda
+def test_ids_match_hf_on_cuda(captioners, px):
+    """Same check on the GPU (fp32, TF32 off): the CUDA ops and the static cache on device."""
+    import copy
+
+    hf, ours = (copy.deepcopy(m).cuda() for m in captioners)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for kw in (CASES["greedy-min-rep"], CASES["beam3-min-rep"], CASES["beam3-lp-nrs2"]):
+            ref = hf.generate(pixel_values=px.cuda(), **kw)
+            out = ours.generate(px.cuda(), **kw)
+            _check(ref.cpu(), out.cpu())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32

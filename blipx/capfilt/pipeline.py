@@ -1,0 +1,175 @@
+"""The CapFilt pass over a dataset: caption every image K times with nucleus sampling, score the
+web and the synthetic captions with the filter's ITM head, keep those with match probability
+>= threshold.
+
+Streaming and resumable: the source is read entry by entry and cut into chunks of
+``chunk_size`` images; chunk c belongs to rank ``c % world`` and is written once, atomically,
+to ``<out>/chunks/chunk-<c>.jsonl`` (every caption with its score and verdict). A restarted run
+skips the chunks on disk, and chunk c's sampling generator is seeded by (seed, c), so an
+interrupted-and-resumed run writes exactly what an uninterrupted one does. Memory holds one
+chunk. ``merge_and_report`` turns the chunks into the bootstrapped annotation file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class CapFiltSettings:
+    num_captions: int = 1  # synthetic captions per image (the paper: 1)
+    top_p: float = 0.9  # nucleus sampling, as BLIP's captioner
+    top_k: int = 0  # 0 = pure nucleus (HF would add top_k=50 unless told otherwise)
+    threshold: float = 0.5  # keep a caption when P(match) >= threshold (author, BLIP#46/#54)
+    prompt: str = "a picture of "
+    max_length: int = 30  # total decoder length incl. the prompt (BLIP's generate default)
+    min_length: int = 5
+    max_words: int = 30  # pre_caption of web captions before scoring
+    text_len: int = 35  # ITM tokenisation length (blip_itm.py)
+    chunk_size: int = 256  # images per chunk: the unit of resumption
+    batch_size: int = 64  # images per captioner/filter batch
+    seed: int = 0
+
+
+def iter_annotations(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Entries of a JSONL file streamed line by line (memory flat), or of a JSON list."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+    else:
+        yield from json.loads(path.read_text(encoding="utf-8"))
+
+
+def _chunks(entries: Iterable[dict], size: int) -> Iterator[tuple[int, list[dict]]]:
+    buf: list[dict] = []
+    c = 0
+    for e in entries:
+        buf.append(e)
+        if len(buf) == size:
+            yield c, buf
+            buf, c = [], c + 1
+    if buf:
+        yield c, buf
+
+
+def _write_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CapFilt:
+    """Captioner (``BlipCaptioner``) + filter (``BlipRetriever`` with its ITM head)."""
+
+    def __init__(self, captioner, filter_model, settings: CapFiltSettings | None = None, tokenizer=None) -> None:
+        from blipx.data import eval_transform
+        from blipx.tokenizer import blip_tokenizer
+
+        self.captioner, self.filter = captioner.eval(), filter_model.eval()
+        self.s = settings or CapFiltSettings()
+        self.tokenizer = tokenizer or blip_tokenizer()
+        self.cap_transform = eval_transform(captioner.config.vision.image_size)
+        self.filter_transform = eval_transform(filter_model.config.vision.image_size)
+        self.device = next(captioner.parameters()).device
+
+    @torch.no_grad()
+    def score(self, pixel_values: torch.Tensor, captions: list[str], image_index: torch.Tensor) -> torch.Tensor:
+        """P(match) [N] of caption n with image ``image_index[n]`` (the ITM head, [ENC] first)."""
+        from blipx.models import with_first_token
+
+        f = self.filter
+        image_embeds = f.visual_encoder(pixel_values)  # once per image, shared by its captions
+        tok = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.s.text_len,
+                             return_tensors="pt").to(pixel_values.device)
+        ids = with_first_token(tok["input_ids"], f.config.text.enc_token_id)
+        logits = f.itm_logits(image_embeds.index_select(0, image_index), ids, tok["attention_mask"])
+        return logits.float().softmax(dim=-1)[:, 1]
+
+    @torch.no_grad()
+    def caption(self, pixel_values: torch.Tensor, generator: torch.Generator) -> list[str]:
+        """``num_captions`` nucleus-sampled captions per image (prompt stripped), image-major."""
+        s = self.s
+        return self.captioner.caption(pixel_values, s.prompt, do_sample=True, top_p=s.top_p, top_k=s.top_k,
+                                      num_return_sequences=s.num_captions, max_length=s.max_length,
+                                      min_length=s.min_length, generator=generator)
+
+    def process_chunk(self, entries: list[dict], image_root: Path, chunk_index: int) -> list[dict]:
+        """Rows for every (image, caption) of the chunk, plus one row per unreadable image."""
+        from blipx.data import Skipped, load_image, pre_caption
+
+        s = self.s
+        rows: list[dict] = []
+        readable: list[tuple[dict, Any]] = []
+        for e in entries:
+            img = load_image(image_root / e["image"])
+            if isinstance(img, Skipped):
+                rows.append({"image": e["image"], "image_id": e.get("image_id", e["image"]), "source": "unreadable",
+                             "reason": img.reason})
+                continue
+            readable.append((e, img))
+        gen = torch.Generator(device=self.device).manual_seed(s.seed * 1_000_003 + chunk_index)
+        for start in range(0, len(readable), s.batch_size):
+            part = readable[start:start + s.batch_size]
+            cap_px = torch.stack([self.cap_transform(img) for _, img in part]).to(self.device)
+            synthetic = self.caption(cap_px, gen)
+            filt_px = cap_px if self.filter_transform is self.cap_transform else \
+                torch.stack([self.filter_transform(img) for _, img in part]).to(self.device)
+            texts, owners, meta = [], [], []
+            for i, (e, _) in enumerate(part):
+                web = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
+                for c in web:
+                    texts.append(pre_caption(c, s.max_words))
+                    owners.append(i)
+                    meta.append((e, "web", c))
+                for c in synthetic[i * s.num_captions:(i + 1) * s.num_captions]:
+                    texts.append(c)
+                    owners.append(i)
+                    meta.append((e, "synthetic", c))
+            # One host copy per batch of scores (not per caption): they go to the JSON rows.
+            probs = self.score(filt_px, texts, torch.tensor(owners, device=self.device)).cpu().tolist()
+            for (e, source, text), p in zip(meta, probs):
+                row = {"image": e["image"], "image_id": e.get("image_id", e["image"]), "caption": text,
+                       "source": source, "itm_score": p, "kept": p >= s.threshold}
+                for extra in ("is_noisy", "objects"):  # ground truth of synthetic benchmarks (shapes)
+                    if extra in e:
+                        row[extra] = e[extra] if source == "web" or extra == "objects" else False
+                rows.append(row)
+        return rows
+
+    def run(self, annotations: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
+            rank: int = 0, world: int = 1, progress: bool = True) -> int:
+        """Process this rank's chunks that are not on disk yet; returns how many were written."""
+        out = Path(out_dir)
+        (out / "chunks").mkdir(parents=True, exist_ok=True)
+        (out / "settings.json").write_text(json.dumps(vars(self.s), indent=1), encoding="utf-8")
+        bar = None
+        if progress and rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="capfilt chunks", unit="chunk")
+        written = 0
+        for c, entries in _chunks(iter_annotations(annotations), self.s.chunk_size):
+            target = out / "chunks" / f"chunk-{c:06d}.jsonl"
+            if c % world != rank or target.exists():
+                continue  # another rank's, or finished before an interruption
+            _write_atomic(target, self.process_chunk(entries, Path(image_root), c))
+            written += 1
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return written
