@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q "scikit-build-core>=0.10" cmake ninja pytest numpy safetensors "transformers>=5" tokenizers pillow pyyaml tqdm matplotlib
+	$(PIP) install -q "scikit-build-core>=0.10" cmake ninja pytest numpy safetensors "transformers>=5" tokenizers \
+		pillow pyyaml tqdm matplotlib "webdataset>=1.0.2" "pycocoevalcap>=1.2"
 	touch $(STAMP)
 
 setup: $(STAMP)

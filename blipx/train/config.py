@@ -17,9 +17,11 @@ class TrainConfig:
     init: str | None = None  # checkpoint to start from (blipx dir, HF dir or official .pth)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     # data
-    data: str = "shapes"  # "shapes" (built-in synthetic), a JSON/JSONL annotation file, or WebDataset shards
+    data: str = "shapes"  # "shapes" (built-in synthetic), JSON/JSONL annotation file(s) (comma-separated), or WebDataset shards
     image_root: str | None = None
     data_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"size": 2000, "noise": 0.3}
+    flip: str = "auto"  # random | swap (flip + swap left/right in captions) | none; auto: swap for shapes
+    randaugment: bool = True
     max_text_len: int = 30
     prompt: str = "a picture of "  # captioning fine-tuning only
     num_workers: int = 0

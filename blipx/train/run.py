@@ -81,16 +81,19 @@ def build_data(cfg: TrainConfig, model, tokenizer, split: str = "train", train: 
     family = model.config.family
     size = model.config.vision.image_size
     opts = dict(cfg.data_options)
+    # Shapes captions name positions: a flip must swap left/right in the caption too.
+    flip = cfg.flip if cfg.flip != "auto" else ("swap" if cfg.data == "shapes" else "random")
+    if train:
+        transform = TrainTransform(size, family=family, flip=flip, randaugment=cfg.randaugment)
+    else:
+        transform = eval_transform(size)
     if cfg.data == "shapes":
-        # Shapes captions name positions: flips must swap left/right in the caption.
-        transform = TrainTransform(size, family=family, flip="swap") if train else eval_transform(size)
         dataset = get_dataset("shapes", split=split, image_size=opts.pop("image_size", size), transform=transform, **opts)
     elif cfg.data.endswith((".json", ".jsonl")):
-        transform = TrainTransform(size, family=family) if train else eval_transform(size)
-        dataset = get_dataset("json", ann_files=cfg.data, image_root=cfg.image_root or str(Path(cfg.data).parent),
+        files = cfg.data.split(",")
+        dataset = get_dataset("json", ann_files=files, image_root=cfg.image_root or str(Path(files[0]).parent),
                               transform=transform, **opts)
     else:
-        transform = TrainTransform(size, family=family) if train else eval_transform(size)
         dataset = get_dataset("webdataset", urls=cfg.data, transform=transform, **opts)
     collate = ImageTextCollator(tokenizer, max_length=cfg.max_text_len,
                                 padding="longest" if family == "albef" else "max_length")

@@ -189,18 +189,24 @@ int64_t sample_row(const T* row, int64_t stride, int64_t v, RowParams prm, uint6
     if (!(prm.top_p > 0.f)) {
       thr = 1.f;
     } else {
+      // Only weights >= (1 - p) * total / V can be kept: everything at or below a smaller w_j
+      // weighs less than (1 - p) * total, so the mass above w_j exceeds p * total. Dropping
+      // them first (branch-free compaction) shrinks the quickselect to the plausible tail.
+      const float floor_w = static_cast<float>((1.0 - prm.top_p) * total / static_cast<double>(v));
       int64_t n = 0;
       buf.resize(static_cast<size_t>(v));
-      for (int64_t j = 0; j < v; ++j)
-        if (w[j] > 0.f) buf[n++] = w[j];
-      thr = std::max(thr, top_p_threshold(buf.data(), n, static_cast<double>(prm.top_p) * total));
+      float* bp = buf.data();
+      for (int64_t j = 0; j < v; ++j) {
+        bp[n] = wp[j];
+        n += (wp[j] > 0.f) & (wp[j] >= floor_w);
+      }
+      thr = std::max(thr, top_p_threshold(bp, n, static_cast<double>(prm.top_p) * total));
     }
   }
 
   // 5. inverse CDF over the kept weights.
   double kept = 0.0;
-  for (int64_t j = 0; j < v; ++j)
-    if (w[j] >= thr) kept += w[j];
+  for (int64_t j = 0; j < v; ++j) kept += wp[j] >= thr ? wp[j] : 0.f;
   at::philox_engine eng(seed, static_cast<uint64_t>(r), 0);
   const double target = uniform01(eng) * kept;
   double run = 0.0;
