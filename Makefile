@@ -1,5 +1,6 @@
 # Two commands take a fresh machine to working (see README):
-#   make demo   - set up, build, print `blipx info` and run the benchmarks on this machine's device
+#   make demo   - set up, build, `blipx info`, pretrain + evaluate a small BLIP on synthetic shapes
+#                 (`blipx demo`), then the benchmarks (quick) on this machine's device
 #   make test   - set up, build (CUDA kernels too when nvcc and a CUDA torch exist), run the tests
 # A virtual environment in .venv holds torch and blipx; nothing is installed system-wide.
 
@@ -37,7 +38,8 @@ test-fast: build
 
 demo: build
 	$(PY) -m blipx info
-	$(PY) -m blipx bench
+	$(PY) -m blipx demo
+	$(PY) -m blipx bench --quick
 
 bench: build
 	$(PY) -m blipx bench --out bench-results.jsonl

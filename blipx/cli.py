@@ -85,6 +85,12 @@ def _cmd_capfilt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from blipx.demo import main as demo_main
+
+    return demo_main(args.demo_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blipx", description="Fast, faithful ALBEF and BLIP.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--out", default=None, help="append the metrics as a JSON line here")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("demo", help="pretrain a small BLIP on synthetic shapes, evaluate, caption", add_help=False)
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("capfilt", help="bootstrap an annotation file: caption (nucleus) + filter (ITM)")
     p.add_argument("--captioner", required=True, help="BLIP captioning model (blipx dir, HF dir, .pth)")

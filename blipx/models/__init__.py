@@ -9,6 +9,7 @@ from blipx.models.base import BlipxModel
 from blipx.models.blip import BlipCaptioner, BlipPretrainer, BlipRetriever, with_first_token
 from blipx.models.blip_vqa import BlipVqa, VqaOutput
 from blipx.models.config import ModelConfig, get_config, list_models
+from blipx.models.init import init_weights_
 from blipx.models.outputs import CaptionerOutput, MomentumOutput, PretrainOutput, RetrieverOutput
 
 # (family, task) -> model class; "pretrain" is the default task (the superset of weights).
@@ -33,7 +34,10 @@ def create_model(name: str, task: str = "pretrain", **overrides: Any) -> BlipxMo
     if cls is None:
         tasks = sorted(t for f, t in MODEL_CLASSES if f == cfg.family)
         raise ValueError(f"{name} ({cfg.family}) has no task {task!r}; choose from {tasks}")
-    return cls(cfg)
+    model = init_weights_(cls(cfg))
+    if getattr(model, "has_momentum", False):
+        model.copy_momentum_from_online()  # the copies were made before the init
+    return model
 
 
 __all__ = [

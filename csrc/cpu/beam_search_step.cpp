@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -88,15 +89,25 @@ template <typename T>
 void beam_row_topk(const T* row, int64_t stride, int64_t v, const int64_t* seq, int64_t seq_stride, int64_t cur_len,
                    float beam_score, int64_t banned, float penalty, int64_t beam, int64_t n2k, float* s, float* e,
                    Cand* top) {
-  for (int64_t j = 0; j < v; ++j) s[j] = static_cast<float>(row[j * stride]);
-  float m = -kInf;
-  for (int64_t j = 0; j < v; ++j) m = std::max(m, s[j]);
+  // fp32 rows with unit stride are read in place; others are converted into s first.
+  const float* x = s;
+  if constexpr (std::is_same_v<T, float>) {
+    if (stride == 1) x = row;
+  }
+  if (x == s)
+    for (int64_t j = 0; j < v; ++j) s[j] = static_cast<float>(row[j * stride]);
+  float mx[8] = {-kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf};  // 8 chains hide latency
+  int64_t j8 = 0;
+  for (; j8 + 8 <= v; j8 += 8)
+    for (int u = 0; u < 8; ++u) mx[u] = std::max(mx[u], x[j8 + u]);
+  for (; j8 < v; ++j8) mx[0] = std::max(mx[0], x[j8]);
+  const float m = *std::max_element(mx, mx + 8);
 #pragma omp simd
-  for (int64_t j = 0; j < v; ++j) e[j] = exp_nonpos(s[j] - m);
+  for (int64_t j = 0; j < v; ++j) e[j] = exp_nonpos(x[j] - m);
   const float logd = static_cast<float>(std::log(sum8(e, v)));
   // Processed scores: log-prob in torch's log_softmax form plus the running score.
 #pragma omp simd
-  for (int64_t j = 0; j < v; ++j) s[j] = ((s[j] - m) - logd) + beam_score;
+  for (int64_t j = 0; j < v; ++j) s[j] = ((x[j] - m) - logd) + beam_score;
   // The penalty is recomputed from the logit, so a token listed twice is penalised once.
   if (penalty != 1.f) {
     for (int64_t c = 0; c < cur_len; ++c) {

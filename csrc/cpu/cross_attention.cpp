@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -158,6 +159,23 @@ inline void store_row(T* __restrict__ dst, const A* __restrict__ src, int64_t d,
   for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<T>(src[i] * mul);
 }
 
+// Rows [0, n) of slice (i0, i1) as a row-major matrix in the accumulation type, with its leading
+// dimension: the tensor's own memory when it already is that type and its rows do not overlap
+// (fp32 K/V of a split_heads view have ld = H*D, which BLAS takes as is), else a copy into buf.
+template <typename A, typename T>
+const A* rows_as_acc(const Rows<const T>& x, int64_t i0, int64_t i1, int64_t n, int64_t d, std::vector<A>& buf,
+                     int& ld) {
+  if constexpr (std::is_same_v<T, A>) {
+    if (x.s2 >= d && x.s2 <= std::numeric_limits<int>::max()) {
+      ld = static_cast<int>(x.s2);
+      return x.row(i0, i1, 0);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) load_row(&buf[j * d], x.row(i0, i1, j), d);
+  ld = static_cast<int>(d);
+  return buf.data();
+}
+
 // The kernels need unit stride on D only; anything else gets a copy.
 at::Tensor unit_last_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
@@ -183,10 +201,9 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
     std::vector<A> kf(Lk * D), vf(Lk * D), qf(M * D), acc(M * D), s(M * nbmax), bias(Lk), m(M), l(M);
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t b = task / H, h = task % H;
-      for (int64_t j = 0; j < Lk; ++j) {
-        load_row(&kf[j * D], K.row(b, h, j), D);
-        load_row(&vf[j * D], V.row(b, h, j), D);
-      }
+      int ldk, ldv;
+      const A* kp = rows_as_acc(K, b, h, Lk, D, kf, ldk);
+      const A* vp = rows_as_acc(V, b, h, Lk, D, vf, ldv);
       for (int64_t r = 0; r < M; ++r) load_row(&qf[r * D], Q.row(b * G + r / Lq, h, r % Lq), D, scale);
       load_bias(bias.data(), mk, ms0, ms1, b, Lk);
       std::fill(acc.begin(), acc.end(), A(0));
@@ -195,7 +212,7 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
       for (int64_t j0 = 0; j0 < Lk; j0 += kBlockN) {
         const int nb = static_cast<int>(std::min(kBlockN, Lk - j0));
         // S[M, nb] = (scale * Q) @ K_blk^T
-        gemm('T', 'N', nb, M, D, A(1), &kf[j0 * D], D, qf.data(), D, A(0), s.data(), nb);
+        gemm('T', 'N', nb, M, D, A(1), kp + j0 * ldk, ldk, qf.data(), D, A(0), s.data(), nb);
         for (int64_t r = 0; r < M; ++r) {
           const A alpha = softmax_block_row(&s[r * nb], &bias[j0], nb, m[r], l[r]);
           if (alpha != A(1)) {
@@ -203,7 +220,7 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
           }
         }
         // acc[M, D] += P @ V_blk
-        gemm('N', 'N', D, M, nb, A(1), &vf[j0 * D], D, s.data(), nb, A(1), acc.data(), D);
+        gemm('N', 'N', D, M, nb, A(1), vp + j0 * ldv, ldv, s.data(), nb, A(1), acc.data(), D);
       }
       for (int64_t r = 0; r < M; ++r) {
         const int64_t row = b * G + r / Lq, i = r % Lq;
@@ -233,10 +250,9 @@ void bwd_kernel(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k
         dp(M * nbmax), bias(Lk), lse_r(M), delta(M), orow(D);
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t b = task / H, h = task % H;
-      for (int64_t j = 0; j < Lk; ++j) {
-        load_row(&kf[j * D], K.row(b, h, j), D);
-        load_row(&vf[j * D], V.row(b, h, j), D);
-      }
+      int ldk, ldv;
+      const A* kp = rows_as_acc(K, b, h, Lk, D, kf, ldk);
+      const A* vp = rows_as_acc(V, b, h, Lk, D, vf, ldv);
       for (int64_t r = 0; r < M; ++r) {
         const int64_t row = b * G + r / Lq, i = r % Lq;
         load_row(&qf[r * D], Q.row(row, h, i), D);
@@ -253,8 +269,8 @@ void bwd_kernel(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k
       std::fill(dvf.begin(), dvf.end(), A(0));
       for (int64_t j0 = 0; j0 < Lk; j0 += kBlockN) {
         const int nb = static_cast<int>(std::min(kBlockN, Lk - j0));
-        gemm('T', 'N', nb, M, D, scale, &kf[j0 * D], D, qf.data(), D, A(0), p.data(), nb);   // S = scale Q K^T
-        gemm('T', 'N', nb, M, D, A(1), &vf[j0 * D], D, dof.data(), D, A(0), dp.data(), nb);  // dP = dO V^T
+        gemm('T', 'N', nb, M, D, scale, kp + j0 * ldk, ldk, qf.data(), D, A(0), p.data(), nb);   // S = scale Q K^T
+        gemm('T', 'N', nb, M, D, A(1), vp + j0 * ldv, ldv, dof.data(), D, A(0), dp.data(), nb);  // dP = dO V^T
         for (int64_t r = 0; r < M; ++r) {
           if (lse_r[r] == -std::numeric_limits<A>::infinity()) {
             // Every key masked: the output was a constant zero, nothing flows back. (exp(s - lse)
@@ -269,7 +285,7 @@ void bwd_kernel(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k
         // is what accumulates dk/dv over the G query groups.
         gemm('N', 'T', D, nb, M, A(1), dof.data(), D, p.data(), nb, A(1), &dvf[j0 * D], D);
         gemm('N', 'T', D, nb, M, scale, qf.data(), D, dp.data(), nb, A(1), &dkf[j0 * D], D);
-        gemm('N', 'N', D, M, nb, scale, &kf[j0 * D], D, dp.data(), nb, A(1), dqf.data(), D);
+        gemm('N', 'N', D, M, nb, scale, kp + j0 * ldk, ldk, dp.data(), nb, A(1), dqf.data(), D);
       }
       for (int64_t r = 0; r < M; ++r) store_row(dQ.row(b * G + r / Lq, h, r % Lq), &dqf[r * D], D);
       for (int64_t j = 0; j < Lk; ++j) {
@@ -285,6 +301,14 @@ void bwd_kernel(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k
 // projections) need no copy. The fake kernels in blipx/ops/_fake.py mirror this.
 at::Tensor empty_bhld(const at::Tensor& like, int64_t n0, int64_t h, int64_t l, int64_t d) {
   return at::empty({n0, l, h, d}, like.options()).transpose(1, 2);
+}
+
+// BLAS takes 32-bit sizes (LP64).
+void check_blas_sizes(const CrossAttentionShape& sh) {
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  BLIPX_CHECK(sh.groups * sh.q_len <= kMax && sh.k_len <= kMax && sh.head_dim <= kMax &&
+                  sh.groups * sh.q_len * std::max(sh.head_dim, std::min(kBlockN, sh.k_len)) <= kMax,
+              "cross_attention", "G*Lq, Lk or D too large for the CPU kernel (32-bit BLAS sizes)");
 }
 
 template <typename F>
@@ -303,6 +327,7 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_fwd_cpu(const at::Tensor& q_i
                                                            const std::optional<at::Tensor>& key_padding_mask,
                                                            double scale) {
   const auto sh = check_cross_attention_args(q_in, k_in, v_in, key_padding_mask, scale, /*allow_double=*/true);
+  check_blas_sizes(sh);
   const at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
   const bool has_mask = key_padding_mask.has_value() && key_padding_mask->defined();
   const at::Tensor mask = has_mask ? *key_padding_mask : at::Tensor();
@@ -325,6 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cpu(
     double scale) {
   const auto sh = check_cross_attention_args(q_in, k_in, v_in, key_padding_mask, scale, /*allow_double=*/true);
   check_cross_attention_bwd_args(dout_in, q_in, out_in, lse_in);
+  check_blas_sizes(sh);
   const at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
   const at::Tensor dout = unit_last_stride(dout_in), out = unit_last_stride(out_in), lse = lse_in.contiguous();
   const bool has_mask = key_padding_mask.has_value() && key_padding_mask->defined();

@@ -4,8 +4,9 @@
 // Per row (rows split across threads with at::parallel_for):
 //   1. one pass: max / first argmax of the raw logits (greedy rows stop here), scaled values
 //      y = x / temperature (NaN -> -inf, -0 -> +0 so that equal values compare equal);
-//   2. top-k: the k-th largest y by std::nth_element on a copy (expected O(V)); y >= kth is kept,
-//      so ties with the k-th value stay in, as HF's `scores < topk(...)[-1]` test does;
+//   2. top-k: the k-th largest y by a k-element min-heap (k <= 1024) or std::nth_element on a
+//      copy; y >= kth is kept, so ties with the k-th value stay in, as HF's
+//      `scores < topk(...)[-1]` test does;
 //   3. weights w = exp(y - max) over the kept set (the max has w = 1, so the total is >= 1),
 //      with a vectorisable exp (exp_nonpos below);
 //   4. top-p: the smallest weight threshold t with mass(w > t) < p * total, by a three-way
@@ -162,7 +163,19 @@ int64_t sample_row(const T* row, int64_t stride, int64_t v, RowParams prm, uint6
   // 2. top-k threshold (k <= 0 or k >= V: off).
   const bool use_k = prm.top_k > 0 && prm.top_k < v;
   float kth = -kInf;
-  if (use_k) {
+  if (use_k && prm.top_k <= 1024) {
+    // Small k (HF's default is 50): a min-heap of the k largest; most columns fail the first
+    // compare, so this is one predictable pass.
+    buf.assign(y.begin(), y.begin() + prm.top_k);
+    std::make_heap(buf.begin(), buf.end(), std::greater<float>());
+    for (int64_t j = prm.top_k; j < v; ++j) {
+      if (!(y[j] > buf.front())) continue;
+      std::pop_heap(buf.begin(), buf.end(), std::greater<float>());
+      buf.back() = y[j];
+      std::push_heap(buf.begin(), buf.end(), std::greater<float>());
+    }
+    kth = buf.front();
+  } else if (use_k) {
     buf.assign(y.begin(), y.begin() + v);
     std::nth_element(buf.begin(), buf.begin() + (prm.top_k - 1), buf.begin() + v, std::greater<float>());
     kth = buf[prm.top_k - 1];

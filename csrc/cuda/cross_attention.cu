@@ -122,6 +122,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cuda(
   at::Tensor dk = empty_bhld(k, sh.batch, sh.heads, sh.k_len, sh.head_dim);
   at::Tensor dv = empty_bhld(v, sh.batch, sh.heads, sh.k_len, sh.head_dim);
   if (dk.numel() == 0) return {dq, dk, dv};
+  // The dk/dv grid is (key blocks, H, B): gridDim.y and .z stop at 65535.
+  BLIPX_CHECK(sh.heads <= 65535 && sh.batch <= 65535, kOp, "the CUDA backward supports B, H <= 65535, got B = ",
+              sh.batch, ", H = ", sh.heads);
   // delta = rowsum(dout * out), written by the dq kernel and read by the dk/dv kernel.
   at::Tensor delta = at::empty({bg, sh.heads, sh.q_len}, q.options().dtype(at::kFloat));
   CrossAttnParams p = base_params(q, k, v, mask, scale, sh);

@@ -41,7 +41,9 @@ def test_kernel_is_compiled(device):
 @pytest.mark.parametrize("min_length", [0, 12])
 def test_matches_reference(device, k, vocab, penalty, min_length):
     logits, scores, seq = make(4, k, vocab, 9, device)
+    seq[:, :3] = logits.topk(3, dim=1).indices  # the penalty must move the leading candidates
     seq[:, 3] = seq[:, 5]  # duplicated tokens are penalised once
+    seq[:, 6] = seq[:, 0]
     seq[:, 4] = EOS
     check(logits, scores, seq, k, cur_len=9, eos_token_id=EOS, min_length=min_length, repetition_penalty=penalty)
 
@@ -166,3 +168,19 @@ def test_torch_compile_fullgraph(device):
     want = beam_search_step_ref(hidden @ weight.t(), scores, seq, 3, 5, EOS, 8, 1.1)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
     assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_matches_eager():
+    logits, scores, seq = make(32, 3, 30524, 12, "cuda")
+    want = ops.beam_search_step(logits, scores, seq, 3, eos_token_id=EOS, min_length=20, repetition_penalty=1.1)
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.cuda.graph(graph):
+        got = ops.beam_search_step(logits, scores, seq, 3, eos_token_id=EOS, min_length=20, repetition_penalty=1.1)
+    torch.cuda.current_stream().wait_stream(side)
+    graph.replay()
+    torch.cuda.synchronize()
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)

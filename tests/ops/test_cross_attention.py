@@ -22,7 +22,7 @@ SHAPES = [
     (2, 1, 2, 35, 577, 64),  # BLIP training (G = 1)
     (2, 3, 2, 1, 901, 80),  # decode: 3 beams per image, one query
     (1, 5, 2, 64, 197, 32),
-    (3, 3, 1, 35, 17, 96),
+    (3, 3, 1, 35, 17, 96),  # with a mask: a random, a one-key and an all-masked image
     (2, 5, 2, 1, 1, 128),  # a single key
     (1, 1, 1, 64, 577, 128),
 ]
@@ -42,12 +42,15 @@ def ref64(q, k, v, mask=None, scale=None):
 
 
 def make_mask(b, lk, device):
-    """Image 0: only one key left; image 1: every key masked; others: ~30% masked."""
+    """Image 0: ~30% of keys masked (at least one left); image 1: one key left; image 2: every
+    key masked; further images: ~30% masked."""
     m = torch.rand(b, lk, device=device) < 0.3
-    m[0] = True
     m[0, torch.randint(lk, ()).item()] = False
     if b > 1:
         m[1] = True
+        m[1, torch.randint(lk, ()).item()] = False
+    if b > 2:
+        m[2] = True
     return m
 
 
@@ -158,6 +161,7 @@ def test_gradcheck_float64_cpu():
     q, k, v = (x.requires_grad_(True) for x in inputs((2, 3, 2, 3, 5, 8), torch.float64, "cpu"))
     mask = torch.zeros(2, 5, dtype=torch.bool)
     mask[0, 1:] = True  # one key left for image 0
+    mask[1, 2] = True
     for m in (None, mask):
         assert torch.autograd.gradcheck(lambda q, k, v: blipx.ops.cross_attention(q, k, v, m), (q, k, v))
 

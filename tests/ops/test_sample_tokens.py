@@ -19,6 +19,17 @@ def gen(device, seed=0):
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def kept_set(logits, temperature, top_k, top_p):
+    """Tokens the kernel may draw: the reference's top-k/top-p set, with p raised by 2e-5. The
+    kernel sums masses in another order than HF's sort + cumsum; with V = 30524 a row's p
+    boundary falls within fp32 rounding (~1e-6) of a token's cumulative mass now and then, and
+    that token may then be kept by one side only. Tokens near the boundary weigh ~1e-3, so the
+    slack admits at most that one token, never a wrong support."""
+    if not isinstance(top_p, torch.Tensor) and top_p < 1:
+        top_p = min(top_p + 2e-5, 1.0)
+    return sample_tokens_probs_ref(logits, temperature, top_k, top_p) > 0
+
+
 def assert_distribution(tokens, probs, what=""):
     """Frequencies of ``tokens`` vs the exact ``probs`` [V]: support, cosine and per-token 6 sigma."""
     n = tokens.numel()
@@ -43,7 +54,7 @@ def test_kernel_is_compiled(device):
 @pytest.mark.parametrize("temperature,top_k,top_p", PARAMS)
 def test_support_within_reference_set(device, vocab, temperature, top_k, top_p):
     logits = torch.randn(64, vocab, device=device) * 3
-    allowed = sample_tokens_probs_ref(logits, temperature, top_k, top_p) > 0
+    allowed = kept_set(logits, temperature, top_k, top_p)
     for seed in range(3):
         tok = ops.sample_tokens(logits, temperature, top_k, top_p, generator=gen(device, seed))
         assert tok.dtype == torch.long and tok.shape == (64,)
@@ -108,6 +119,23 @@ def test_top_k_keeps_ties_with_the_kth_value(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("top_k", [1024, 1025, 5000])
+def test_large_top_k(device, top_k):
+    # Both CPU selection paths (heap for k <= 1024, nth_element above), with the k-th value tied.
+    logits = torch.randn(8, 30524, device=device)
+    kth = logits.sort(dim=1, descending=True).values[:, top_k - 1 : top_k]
+    logits[:, :5] = kth  # five more copies of the k-th value
+    allowed = sample_tokens_probs_ref(logits, 2.0, top_k, 1.0) > 0
+    assert allowed[:, :5].all()
+    for seed in range(3):
+        tok = ops.sample_tokens(logits, 2.0, top_k, generator=gen(device, seed))
+        assert allowed.gather(1, tok[:, None]).all()
+    tokens = ops.sample_tokens(logits[:1].expand(2000, 30524), 2.0, top_k, generator=gen(device))
+    assert allowed[0][tokens].all()
+    assert tokens.unique().numel() > 500  # many distinct kept tokens, not a collapsed set
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_degenerate_rows(device):
     ninf, inf, nan = float("-inf"), float("inf"), float("nan")
     logits = torch.full((6, 301), ninf, device=device)
@@ -139,7 +167,7 @@ def test_half_dtypes(device, dtype):
     # of a tie group that sorts last, the kernel the whole group: its support is HF's extended
     # by the ties of the smallest kept value.
     logits = (torch.randn(16, 1001, device=device) * 2).to(dtype)
-    kept = sample_tokens_probs_ref(logits, 1.0, 0, 0.9) > 0
+    kept = kept_set(logits, 1.0, 0, 0.9)
     smallest_kept = logits.float().masked_fill(~kept, float("inf")).amin(dim=1, keepdim=True)
     allowed = logits.float() >= smallest_kept
     for seed in range(3):
@@ -157,7 +185,7 @@ def test_strides_do_not_change_the_draws(device):
     assert torch.equal(a, b)
     sliced = torch.randn(8, 1200, device=device)[:, 100:1100]
     tok = ops.sample_tokens(sliced, 1.0, 0, 0.7, generator=gen(device))
-    assert (sample_tokens_probs_ref(sliced, 1.0, 0, 0.7) > 0).gather(1, tok[:, None]).all()
+    assert kept_set(sliced, 1.0, 0, 0.7).gather(1, tok[:, None]).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -220,7 +248,7 @@ def test_torch_compile_fullgraph(device):
     greedy, k1, sampled = step(hidden, weight, torch.full((6,), 0.8, device=device))
     want = (hidden @ weight.t()).argmax(dim=1)
     assert torch.equal(greedy, want) and torch.equal(k1, want)
-    assert (sample_tokens_probs_ref(hidden @ weight.t(), 0.7, 0, 0.9) > 0).gather(1, sampled[:, None]).all()
+    assert kept_set(hidden @ weight.t(), 0.7, 0, 0.9).gather(1, sampled[:, None]).all()
 
 
 def test_reference_matches_hf_warpers_on_ties_free_rows():
@@ -235,3 +263,24 @@ def test_reference_matches_hf_warpers_on_ties_free_rows():
     s = s.masked_fill(rm.scatter(1, si, rm), -math.inf)
     torch.testing.assert_close(sample_tokens_probs_ref(x, 0.7, 10, 0.8), s.softmax(-1))
     assert sample_tokens_ref(x, 0.7, 10, 0.8).shape == (3,)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replays_draw_fresh_numbers():
+    # The Philox seed/offset reach the kernel through device pointers under capture, so each
+    # replay advances the generator instead of repeating the captured draw.
+    logits = torch.randn(256, 30524, device="cuda")
+    allowed = kept_set(logits, 1.0, 0, 0.9)
+    ops.sample_tokens(logits, 1.0, 0, 0.9)  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.cuda.graph(graph):
+        out = ops.sample_tokens(logits, 1.0, 0, 0.9)
+    torch.cuda.current_stream().wait_stream(side)
+    draws = []
+    for _ in range(3):
+        graph.replay()
+        draws.append(out.clone())
+    assert all(allowed.gather(1, d[:, None]).all() for d in draws)
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])

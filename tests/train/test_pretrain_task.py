@@ -82,3 +82,13 @@ def test_batch_of_one_drops_its_negatives():
 def test_wrong_model_rejected():
     with pytest.raises(TypeError, match="BlipPretrainTask: model must be a BlipPretrainer"):
         BlipPretrainTask(create_model("albef_tiny"))
+
+
+def test_fresh_models_start_near_chance():
+    """BERT-style init: the first LM loss is about ln(V) (PyTorch defaults give ~30)."""
+    import math
+
+    model = create_model("blip_tiny").eval()
+    assert all(torch.equal(p, q) for p, q in zip(model.visual_encoder.parameters(), model.visual_encoder_m.parameters()))
+    out = BlipPretrainTask(model, queue_size=0)(*batch(model))
+    assert out["loss_lm"] < math.log(model.config.text.vocab_size) + 1.0

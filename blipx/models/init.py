@@ -1,0 +1,29 @@
+"""Weight initialisation for models trained from scratch (BERT / timm-ViT style).
+
+PyTorch's defaults (N(0, 1) embeddings, Kaiming linears) make a fresh text tower's logits
+~30x too large: the first LM loss is ~30 instead of ln(V) ~ 10 and training starts by undoing
+it. The official models start from pretrained BERT and ViT weights, which were themselves
+initialised with N(0, 0.02); so do fresh blipx models.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def init_weights_(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """Linear/Conv/Embedding weights ~ N(0, std), biases 0, LayerNorm (1, 0); in place."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+            if m.padding_idx is not None:
+                m.weight.data[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+    return model
