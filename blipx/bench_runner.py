@@ -42,9 +42,15 @@ def run_benchmarks(names: list[str], quick: bool = False, out: str | None = None
     if unknown:
         print(f"blipx bench: unknown benchmark(s) {unknown}; available: {sorted(available)}", file=sys.stderr)
         return 2
+    failed = []
     for name in names or sorted(available):
-        print(f"\n== {name} ({os.path.relpath(available[name])}){' [quick]' if quick else ''}")
-        rows, cols = _load(available[name]).run(quick=quick)
+        print(f"\n== {name} ({os.path.relpath(available[name])}){' [quick]' if quick else ''}", flush=True)
+        try:
+            rows, cols = _load(available[name]).run(quick=quick)
+        except Exception as exc:  # one broken benchmark must not hide the others' numbers
+            print(f"blipx bench: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            failed.append(name)
+            continue
         print_table(rows, cols)
         save_rows(rows, out)
-    return 0
+    return 1 if failed else 0
