@@ -93,3 +93,27 @@ def test_config_file_and_overrides(tmp_path):
         "albef_pretrain", 16, 3e-4, "bf16", 7, {"noise": 0.3})
     with pytest.raises(ValueError, match="unknown config keys \\['bogus'\\]"):
         load_config(None, ["bogus=1"])
+
+
+def test_bf16_autocast_with_gradient_accumulation(tmp_path):
+    t = make_trainer(tmp_path, max_steps=2, amp="bf16", grad_accum=2)
+    hist = t.fit(progress=False)
+    assert (t.step, t.epoch, t.batch_in_epoch) == (2, 1, 2)  # 2 micro-batches per step, 2 batches per epoch
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in hist)
+
+
+def test_streams_webdataset_shards(tmp_path):
+    pytest.importorskip("webdataset")
+    from blipx.data import ShapesDataset
+    from blipx.train.run import build_data, build_model, build_task, tokenizer_for
+
+    shards = ShapesDataset("train", num_samples=12, image_size=32).export_shards(str(tmp_path / "s-%06d.tar"), maxcount=6)
+    cfg = TrainConfig(task="blip_pretrain", model="blip_tiny", data=shards[0].replace("000000", "{000000..000001}"),
+                      out_dir=str(tmp_path / "run"), batch_size=4, max_steps=3, queue_size=8, log_every=1)
+    model = build_model(cfg)
+    tok = tokenizer_for("blip")
+    data, collate = build_data(cfg, model, tok)
+    trainer = Trainer(build_task(cfg, model, tok), cfg, data, collate, log=lambda s: None)
+    assert trainer.streaming
+    hist = trainer.fit(progress=False)
+    assert [r["step"] for r in hist] == [1, 2, 3]
