@@ -58,13 +58,13 @@ def test_beams_share_image_kv_without_repeat():
 def test_all_cross_attention_goes_through_one_function():
     m = _tiny_captioner()
     calls = []
-    real = attn_mod.cross_attention_ref
+    real = attn_mod.ops.cross_attention
 
     def spy(q, k, v, key_padding_mask=None, scale=None):
         calls.append((q.shape, k.shape))
         return real(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
 
-    with mock.patch.object(attn_mod, "cross_attention_ref", spy), torch.no_grad():
+    with mock.patch.object(attn_mod.ops, "cross_attention", spy), torch.no_grad():
         m(pixel_values=torch.randn(1, 3, 32, 32), input_ids=torch.randint(1000, 3000, (1, 4)))
     assert len(calls) == m.config.text.num_layers
     assert calls[0] == ((1, 2, 4, 4), (1, 2, 5, 4))

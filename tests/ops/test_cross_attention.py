@@ -186,7 +186,7 @@ def test_torch_compile_fullgraph(device):
 
     q, k, v = inputs((2, 3, 2, 5, 19, 64), torch.float32, device)
     mask = make_mask(2, 19, device)
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(step, fullgraph=True)  # inductor: fake kernels + autograd formula traced
     grads = []
     for fn in (step, compiled):
         leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]

@@ -12,6 +12,8 @@
 //    once for G*Lq <= 64: training Lq = 35, decoding with <= 64 beams). Online softmax in the
 //    log2 domain, fp32 accumulators; writes out and lse (natural log, -inf for a query whose
 //    keys are all masked, whose output is then 0).
+//    With G*Lq <= 32 (decoding) a variant splits each tile's keys over the otherwise idle row
+//    slots and merges the partial softmax states at the end.
 //  * backward, FlashAttention-2 style with P recomputed from lse:
 //      dq kernel: the forward's structure; also writes delta = rowsum(dout * out).
 //      dkdv kernel: one CTA per (64-key block, h, b); rows of all G groups stream through
@@ -334,10 +336,116 @@ __global__ void __launch_bounds__(kAttnThreads) cross_attn_bwd_dkdv_kernel(Cross
   }
 }
 
+// Forward for few query rows per image (G*Lq <= 32: decoding, Lq = 1 with G beams), where the
+// kernel above would leave most of its 64 row slots idle. The slots are split as R rows x
+// S = 64 / R key splits: split s takes keys s, s + S, ... of every tile (the same count for every
+// thread, so the quad shuffles stay converged), keeping its own online-softmax state with a
+// per-key update; the S states of a row are merged through shared memory at the end. K/V are
+// still staged once per (b, h) for all rows. R is a power of two in [2, 32], so S <= kTileK.
+template <typename T, int kD>
+__global__ void __launch_bounds__(kAttnThreads) cross_attn_fwd_small_kernel(CrossAttnParams p, int R) {
+  constexpr int kPer = kD / kRowThreads;
+  __shared__ float kv[2 * kTileK * kD];  // K tile, V tile; then the [kAttnRows][kD] merge buffer
+  __shared__ float bias[kTileK];
+  __shared__ float ms[kAttnRows], ls[kAttnRows];
+  static_assert(2 * kTileK == kAttnRows, "the merge buffer reuses the K/V tiles");
+  float (*ks)[kD] = reinterpret_cast<float (*)[kD]>(kv);
+  float (*vs)[kD] = reinterpret_cast<float (*)[kD]>(kv + kTileK * kD);
+  const int b = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
+  const int lane = threadIdx.x % kRowThreads, slot = threadIdx.x / kRowThreads;
+  const int S = kAttnRows / R, rl = slot % R, split = slot / R;
+  const int rows = p.groups * p.q_len;  // <= R
+  const bool valid = rl < rows;
+  const int g = valid ? rl / p.q_len : 0, l = valid ? rl % p.q_len : 0;
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  const float qscale = p.scale * kLog2e;
+  auto kv_row = [&](int j, int& n0, int& lk) { n0 = b, lk = j; };
+  const int64_t qoff = p.sq.at(static_cast<int64_t>(b) * p.groups + g, h, l);
+  float qr[kPer], acc[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int c = i * kRowThreads + lane;
+    qr[i] = (valid && c < p.head_dim) ? to_float(q[qoff + c]) * qscale : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float m = -INFINITY, lsum = 0.0f;
+  for (int j0 = 0; j0 < p.k_len; j0 += kTileK) {
+    __syncthreads();
+    load_tile<T, kD, kTileK>(ks, k, p.sk, h, p.k_len, p.head_dim, j0, kv_row);
+    load_tile<T, kD, kTileK>(vs, v, p.sv, h, p.k_len, p.head_dim, j0, kv_row);
+    for (int j = threadIdx.x; j < kTileK; j += blockDim.x) {
+      const int key = j0 + j;
+      const bool keep = key < p.k_len && !(p.mask && p.mask[b * p.mask_s0 + key * p.mask_s1]);
+      bias[j] = keep ? 0.0f : -INFINITY;
+    }
+    __syncthreads();
+    for (int j = split; j < kTileK; j += S) {
+      float part = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) part = fmaf(qr[i], ks[j][i * kRowThreads + lane], part);
+      const float sj = quad_sum(part) + bias[j];
+      if (sj != -INFINITY) {  // masked / padding key: no update (and no exp2(-inf - -inf))
+        const float m_new = fmaxf(m, sj);
+        const float alpha = exp2f(m - m_new);  // m = -inf -> 0
+        const float pj = exp2f(sj - m_new);
+        lsum = fmaf(lsum, alpha, pj);
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) acc[i] = fmaf(pj, vs[j][i * kRowThreads + lane], acc[i] * alpha);
+        m = m_new;
+      }
+    }
+  }
+  __syncthreads();  // the last tile is no longer read: kv becomes the merge buffer
+  float (*accs)[kD] = reinterpret_cast<float (*)[kD]>(kv);
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) accs[slot][i * kRowThreads + lane] = acc[i];
+  if (lane == 0) {
+    ms[slot] = m;
+    ls[slot] = lsum;
+  }
+  __syncthreads();
+  if (split != 0 || !valid) return;  // no barrier follows
+  float mmax = -INFINITY;
+  for (int t = 0; t < S; ++t) mmax = fmaxf(mmax, ms[t * R + rl]);
+  float total = 0.0f, o[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) o[i] = 0.0f;
+  if (mmax != -INFINITY) {  // else every key masked
+    for (int t = 0; t < S; ++t) {
+      const float w = exp2f(ms[t * R + rl] - mmax);  // an empty split (m = -inf) weighs 0
+      total = fmaf(ls[t * R + rl], w, total);
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) o[i] = fmaf(accs[t * R + rl][i * kRowThreads + lane], w, o[i]);
+    }
+  }
+  const bool empty = total == 0.0f;
+  const float inv = empty ? 0.0f : 1.0f / total;
+  T* out = static_cast<T*>(p.out);
+  const int64_t ooff = p.so.at(static_cast<int64_t>(b) * p.groups + g, h, l);
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int c = i * kRowThreads + lane;
+    if (c < p.head_dim) out[ooff + c] = from_float<T>(o[i] * inv);
+  }
+  if (lane == 0) {
+    const int64_t row = (static_cast<int64_t>(b) * p.groups + g) * p.heads + h;
+    p.lse[row * p.q_len + l] = empty ? -INFINITY : (mmax + log2f(total)) * kLn2;
+  }
+}
+
 // Host-side launchers (current stream passed in); return the launch error.
 template <typename T, int kD>
 cudaError_t cross_attn_fwd_launch(const CrossAttnParams& p, cudaStream_t stream) {
-  cross_attn_fwd_kernel<T, kD><<<p.batch * p.heads, kAttnThreads, 0, stream>>>(p);
+  const int rows = p.groups * p.q_len;
+  if (rows <= kTileK) {  // few rows per image (decoding): split the keys over the idle row slots
+    int r = 2;
+    while (r < rows) r *= 2;
+    cross_attn_fwd_small_kernel<T, kD><<<p.batch * p.heads, kAttnThreads, 0, stream>>>(p, r);
+  } else {
+    cross_attn_fwd_kernel<T, kD><<<p.batch * p.heads, kAttnThreads, 0, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 
