@@ -85,6 +85,20 @@ def _cmd_capfilt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_caption(args: argparse.Namespace) -> int:
+    from blipx.caption_cli import run_caption
+
+    rows = run_caption(args.images, args.model, beams=args.beams, top_p=args.top_p, batch_size=args.batch_size,
+                       out=args.out, prompt=args.prompt, device=args.device, progress=not args.no_progress)
+    if not args.out:
+        for r in rows:
+            print(json.dumps(r))
+    skipped = sum("error" in r for r in rows)
+    print(f"{len(rows) - skipped} captioned, {skipped} unreadable" + (f"; written to {args.out}" if args.out else ""),
+          file=sys.stderr)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from blipx.demo import main as demo_main
 
@@ -128,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--out", default=None, help="append the metrics as a JSON line here")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("caption", help="caption image files or folders (JSONL out)")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--model", required=True, help="BLIP captioner: blipx folder, HF folder or official .pth")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--beams", type=int, default=3, help="beam search width (default 3)")
+    mode.add_argument("--top-p", type=float, default=None, help="nucleus sampling instead of beam search")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--prompt", default=None, help="e.g. 'a picture of ' for COCO-fine-tuned captioners")
+    p.add_argument("--out", default=None, help="JSONL output (default: stdout)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_caption)
 
     p = sub.add_parser("demo", help="pretrain a small BLIP on synthetic shapes, evaluate, caption", add_help=False)
     p.add_argument("demo_args", nargs=argparse.REMAINDER)

@@ -57,7 +57,7 @@ def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], lis
     seq = torch.randint(0, vocab, (rows, 12), generator=g).to(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     iters = 5 if quick else (200 if dev.type == "cuda" else 20)
-    rec = Recorder("decode_ops", dev)
+    rec = Recorder("decode", dev)
 
     cases = [
         ("sample top_p=0.9", "HF warpers + multinomial", lambda: hf_sample(logits, 1.0, 0, 0.9, gen),
