@@ -38,7 +38,7 @@ else
 fi
 
 step "benchmarks"
-for b in ema hard_negatives decode cross_attention captioning capfilt; do
+for b in ema hard_negatives decode cross_attention captioning capfilt train; do
   timeout 150 $PY -m blipx bench $b --out "$LOG/bench.jsonl" || { echo "bench $b failed or timed out"; status=1; }
 done
 echo; echo "gpu_check: $([ $status = 0 ] && echo OK || echo FAILURES)"
