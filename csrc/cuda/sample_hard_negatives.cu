@@ -13,23 +13,11 @@
 
 #include "blipx/sample_hard_negatives.cuh"
 #include "checks.h"
+#include "philox_state.h"
 
 namespace blipx {
 namespace {
 
-PhiloxArgs to_philox_args(const at::PhiloxCudaState& st) {
-  PhiloxArgs a;
-  if (st.captured_) {
-    a.captured = true;
-    a.seed_ptr = st.seed_.ptr;
-    a.offset_ptr = st.offset_.ptr;
-    a.offset_intragraph = st.offset_intragraph_;
-  } else {
-    a.seed = st.seed_.val;
-    a.offset = st.offset_.val;
-  }
-  return a;
-}
 
 at::Tensor sample_hard_negatives_cuda(const at::Tensor& sim, const std::optional<at::Tensor>& positive_mask,
                                       std::optional<at::Generator> generator) {

@@ -12,23 +12,11 @@
 
 #include "blipx/sample_tokens.cuh"
 #include "checks.h"
+#include "philox_state.h"
 
 namespace blipx {
 namespace {
 
-SampleTokensRng to_rng(const at::PhiloxCudaState& st) {
-  SampleTokensRng a;
-  if (st.captured_) {
-    a.captured = true;
-    a.seed_ptr = st.seed_.ptr;
-    a.offset_ptr = st.offset_.ptr;
-    a.offset_intragraph = st.offset_intragraph_;
-  } else {
-    a.seed = st.seed_.val;
-    a.offset = st.offset_.val;
-  }
-  return a;
-}
 
 at::Tensor sample_tokens_cuda(const at::Tensor& logits, double temperature, int64_t top_k, double top_p,
                               const std::optional<at::Tensor>& temperatures, const std::optional<at::Tensor>& top_ks,
@@ -70,7 +58,7 @@ at::Tensor sample_tokens_cuda(const at::Tensor& logits, double temperature, int6
   p.top_ps = ps.defined() ? ps.const_data_ptr<float>() : nullptr;
   p.top_p = static_cast<float>(top_p);
   p.out = out.data_ptr<int64_t>();
-  p.rng = to_rng(philox);
+  p.rng = to_philox_args(philox);
 
   // Opt-in shared memory per block, less a margin for the kernel's static reduction buffers.
   const int max_smem = static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) - 1024;

@@ -16,25 +16,17 @@
 // masses are exact/fp32. The race reads one Philox uniform per (thread, visited column):
 // (seed, subsequence = row * blockDim + thread, offset), with seed/offset by value or, under
 // CUDA-graph capture, through device pointers (ATen's PhiloxCudaState contract), so replays draw
-// fresh numbers. Torch-free: the .cu converts ATen's state into SampleTokensRng.
+// fresh numbers. Torch-free: the .cu converts ATen's state into PhiloxArgs.
 #pragma once
 #include <cuda_runtime.h>
 #include <curand_kernel.h>
 
 #include <cstdint>
 
+#include "blipx/philox.cuh"
 #include "blipx/vec.cuh"
 
 namespace blipx {
-
-struct SampleTokensRng {
-  uint64_t seed = 0;
-  uint64_t offset = 0;
-  const int64_t* seed_ptr = nullptr;    // captured: seed lives on the device
-  const int64_t* offset_ptr = nullptr;  // captured: base offset on the device ...
-  uint64_t offset_intragraph = 0;       // ... plus this per-kernel increment
-  bool captured = false;
-};
 
 struct SampleTokensParams {
   const void* logits;
@@ -48,7 +40,7 @@ struct SampleTokensParams {
   const float* top_ps;  // [B] or null: use top_p
   float top_p;
   int64_t* out;
-  SampleTokensRng rng;
+  PhiloxArgs rng;
 };
 
 namespace sample_tokens_detail {
@@ -194,11 +186,8 @@ __global__ void __launch_bounds__(1024) sample_tokens_kernel(const SampleTokensP
 
   // 5. exponential race over the kept weights: one uniform per visited column, kept or not,
   //    so the Philox offset increment does not depend on the data.
-  uint64_t seed = p.rng.seed, offset = p.rng.offset;
-  if (p.rng.captured) {
-    seed = static_cast<uint64_t>(*p.rng.seed_ptr);
-    offset = static_cast<uint64_t>(*p.rng.offset_ptr) + p.rng.offset_intragraph;
-  }
+  uint64_t seed, offset;
+  philox_unpack(p.rng, seed, offset);
   curandStatePhilox4_32_10_t st;
   curand_init(seed, static_cast<uint64_t>(row) * nt + tid, offset, &st);
   ArgBest race{-kInf, -1};
