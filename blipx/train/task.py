@@ -93,6 +93,26 @@ class PretrainTask(nn.Module):
         negatives = sample_itm_negatives(itc.sim_i2t[:, cols], itc.sim_t2i[:, cols], generator=self._generator)
         return itc, negatives, False
 
+    def _itc_itm(self, out, pixel_values, input_ids, attention_mask, alpha, update_momentum, texts, gather_texts):
+        """EMA step, momentum features, ITC (+ enqueue), hard negatives and the ITM loss;
+        returns (ITCOutput, loss_itm, momentum features).
+
+        ``texts``: what the ITM encoder takes for a negative text -- token ids (BLIP re-encodes
+        them with [ENC]) or unimodal text states (ALBEF's fusion layers); ``gather_texts`` fetches
+        them from every rank for global negatives (ids without gradient, states with it).
+        """
+        if update_momentum:
+            self.ema.update()
+        mom = self.model.momentum_features(pixel_values, input_ids, attention_mask)
+        itc, negatives, global_negs = self._contrastive(out, mom, alpha)
+        cand = {}
+        if global_negs:  # images of other ranks are gathered with gradients (BLIP's all_gather_with_grad)
+            cand = dict(image_candidates=all_gather_with_grad(out.image_embeds), text_candidates=gather_texts(texts),
+                        text_atts_candidates=concat_all_gather(attention_mask))
+        neg = build_itm_inputs(out.image_embeds, texts, attention_mask, negatives, **cand)
+        neg_logits = self.model.itm_logits(neg["image_embeds"], neg["text_embeds"], neg["text_atts"])
+        return itc, itm_loss(torch.cat([out.itm_logits, neg_logits]), neg["valid"]), mom
+
     _generator: torch.Generator | None = None
 
     def set_generator(self, generator: torch.Generator | None) -> None:
@@ -117,22 +137,8 @@ class BlipPretrainTask(PretrainTask):
         alpha = self.alpha if alpha is None else float(alpha)
         clamp_temperature_(model.temp)
         out = model(pixel_values, input_ids, attention_mask)
-        if update_momentum:
-            self.ema.update()
-        mom = model.momentum_features(pixel_values, input_ids, attention_mask)
-        itc, negatives, global_negs = self._contrastive(out, mom, alpha)
-
-        # ITM: the image-grounded encoder re-encodes token ids ([ENC] first) for the 2B negatives;
-        # global candidates: images gathered with gradients, token ids without (re-encoded here).
-        cand = {}
-        if global_negs:
-            cand = dict(image_candidates=all_gather_with_grad(out.image_embeds),
-                        text_candidates=concat_all_gather(input_ids),
-                        text_atts_candidates=concat_all_gather(attention_mask))
-        neg = build_itm_inputs(out.image_embeds, input_ids, attention_mask, negatives, **cand)
-        neg_logits = model.itm_logits(neg["image_embeds"], neg["text_embeds"], neg["text_atts"])
-        loss_itm = itm_loss(torch.cat([out.itm_logits, neg_logits]), neg["valid"])
-
+        itc, loss_itm, _ = self._itc_itm(out, pixel_values, input_ids, attention_mask, alpha, update_momentum,
+                                         texts=input_ids, gather_texts=concat_all_gather)
         _, targets = lm_inputs_and_targets(input_ids, bos_token_id=model.config.text.bos_token_id)
         loss_lm = lm_loss(out.lm_logits, targets)
         loss = itc.loss + loss_itm + loss_lm
@@ -157,22 +163,8 @@ class AlbefPretrainTask(PretrainTask):
         masked_ids, labels = mask_tokens(input_ids, model.config.text.vocab_size, mask_prob=self.mask_prob,
                                          generator=self._generator)
         out = model(pixel_values, input_ids, attention_mask, masked_input_ids=masked_ids)
-        if update_momentum:
-            self.ema.update()
-        mom = model.momentum_features(pixel_values, input_ids, attention_mask)
-        itc, negatives, global_negs = self._contrastive(out, mom, alpha)
-
-        # ITM: the fusion layers take the unimodal text states of the negatives (no re-encoding);
-        # global candidates are gathered with gradients.
-        cand = {}
-        if global_negs:
-            cand = dict(image_candidates=all_gather_with_grad(out.image_embeds),
-                        text_candidates=all_gather_with_grad(out.text_embeds),
-                        text_atts_candidates=concat_all_gather(attention_mask))
-        neg = build_itm_inputs(out.image_embeds, out.text_embeds, attention_mask, negatives, **cand)
-        neg_logits = model.itm_logits(neg["image_embeds"], neg["text_embeds"], neg["text_atts"])
-        loss_itm = itm_loss(torch.cat([out.itm_logits, neg_logits]), neg["valid"])
-
+        itc, loss_itm, mom = self._itc_itm(out, pixel_values, input_ids, attention_mask, alpha, update_momentum,
+                                           texts=out.text_embeds, gather_texts=all_gather_with_grad)
         with torch.no_grad():
             logits_m = model.mlm_logits(mom.image_embeds, masked_ids, attention_mask, momentum=True)
         loss_mlm = mlm_loss(out.mlm_logits, labels, logits_m, alpha)
