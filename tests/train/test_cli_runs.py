@@ -44,3 +44,14 @@ def test_finetune_retrieval_from_the_pretrained_model(pretrained, tmp_path):
     rc = main(["finetune", "--no-progress", "task=blip_retrieval", f"init={pretrained / 'model'}",
                f"out_dir={tmp_path}", "max_steps=2", "batch_size=4", "queue_size=8", 'data_options={"num_samples": 8}'])
     assert rc == 0 and (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    summary = tmp_path / "summary.json"
+    assert main(["demo", "--out", str(tmp_path / "run"), "--device", "cpu", "--steps", "2", "--batch-size", "4",
+                 "--eval-samples", "8", "--json", str(summary)]) == 0
+    data = json.loads(summary.read_text())
+    assert data["steps"] == 2 and set(data["caption_accuracy"]) == {"beam3", "nucleus0.9"}
+    assert 0 <= data["retrieval"]["txt_r1"] <= 100 and data["retrieval_chance"]["txt_r1"] > 0
+    out = capsys.readouterr().out
+    assert "chance" in out and f"summary written to {summary}" in out
