@@ -17,7 +17,11 @@ from pathlib import Path
 import torch
 
 
-def _retrieval(model_dir: Path, n: int, device: str) -> tuple[dict, dict]:
+DEMO_DECODING = {"beam3": dict(num_beams=3), "nucleus0.9": dict(do_sample=True, top_p=0.9, top_k=0)}
+
+
+def shapes_retrieval(model_dir: Path, n: int, device: str) -> tuple[dict, dict]:
+    """Held-out retrieval metrics and their chance levels (hit = the caption describes the image)."""
     from blipx.data import ShapesDataset, caption_match_matrix, eval_transform
     from blipx.evaluation import chance_recall, evaluate_retrieval
     from blipx.models import BlipRetriever
@@ -34,7 +38,9 @@ def _retrieval(model_dir: Path, n: int, device: str) -> tuple[dict, dict]:
     return metrics, chance_recall(torch.arange(n), positives)
 
 
-def _captions(model_dir: Path, n: int, device: str) -> dict:
+def shapes_caption_accuracy(model_dir: Path, n: int, device: str, decoding: dict[str, dict] = DEMO_DECODING) -> dict:
+    """Per decoding mode: the fraction of held-out captions naming exactly the scene's shapes and
+    colours, and three examples."""
     from blipx.data import ShapesDataset, caption_matches, eval_transform
     from blipx.models import BlipCaptioner
     from blipx.models.downstream import load_model_as
@@ -45,7 +51,8 @@ def _captions(model_dir: Path, n: int, device: str) -> dict:
     samples = [ds[i] for i in range(n)]
     out = {}
     gen = torch.Generator(device=device).manual_seed(0)
-    for name, kw in (("beam3", dict(num_beams=3)), ("nucleus0.9", dict(do_sample=True, top_p=0.9, top_k=0, generator=gen))):
+    for name, kw in decoding.items():
+        kw = {**kw, "generator": gen} if kw.get("do_sample") else kw
         texts = []
         for start in range(0, n, 64):
             px = torch.stack([s["image"] for s in samples[start:start + 64]]).to(device)
@@ -81,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     history = run_training(cfg, progress=True)
     train_s = time.perf_counter() - t0
     model_dir = out / "model"
-    metrics, chance = _retrieval(model_dir, args.eval_samples, device)
-    captions = _captions(model_dir, args.eval_samples, device)
+    metrics, chance = shapes_retrieval(model_dir, args.eval_samples, device)
+    captions = shapes_caption_accuracy(model_dir, args.eval_samples, device)
     summary = {
         "device": device, "steps": steps, "train_seconds": round(train_s, 1),
         "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],

@@ -28,30 +28,6 @@ def _train(out: Path, **overrides) -> Path:
     return out / "model"
 
 
-def caption_accuracy(model_path: Path, num_samples: int, image_size: int, device: str) -> float:
-    """Fraction of held-out images whose greedy caption names exactly their shapes and colours."""
-    from blipx.data import ShapesDataset, caption_matches, eval_transform
-    from blipx.models import BlipCaptioner
-    from blipx.models.downstream import load_model_as
-
-    model = load_model_as(BlipCaptioner, str(model_path)).to(device).eval()
-    ds = ShapesDataset("test", num_samples=num_samples, image_size=image_size, transform=eval_transform(image_size))
-    right = 0
-    for start in range(0, num_samples, 64):
-        batch = [ds[i] for i in range(start, min(num_samples, start + 64))]
-        px = torch.stack([b["image"] for b in batch]).to(device)
-        captions = model.caption(px, None, max_length=30, min_length=5)
-        right += sum(caption_matches(c, b["objects"]) for c, b in zip(captions, batch))
-    return right / num_samples
-
-
-def retrieval_r1(model_path: Path, num_samples: int, device: str) -> dict[str, float]:
-    from blipx.eval_runs import eval_retrieval
-
-    m = eval_retrieval(str(model_path), "shapes", "test", num_samples, k_test=16, device=device)
-    return {"txt_r1": m["txt_r1"], "img_r1": m["img_r1"]}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="CapFilt in miniature on the synthetic shapes data")
     ap.add_argument("--out", default="runs/capfilt-mini")
@@ -93,10 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     model_b = _train(out / "pretrain_bootstrapped", task="blip_pretrain", data=f"{boot},{clean}",
                      max_steps=args.steps, **common)
 
+    from blipx.demo import shapes_caption_accuracy, shapes_retrieval
+
     results = {"capfilt": report}
     for name, path in (("A: noisy", model_a), ("B: bootstrapped", model_b)):
-        results[name] = {**retrieval_r1(path, args.eval_samples, args.device),
-                         "caption_accuracy": caption_accuracy(path, args.eval_samples, size, args.device)}
+        metrics, _ = shapes_retrieval(path, args.eval_samples, args.device)
+        acc = shapes_caption_accuracy(path, args.eval_samples, args.device, {"greedy": {}})["greedy"]["accuracy"]
+        results[name] = {"txt_r1": metrics["txt_r1"], "img_r1": metrics["img_r1"], "caption_accuracy": acc}
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(json.dumps(results, indent=1))
     return 0

@@ -63,13 +63,9 @@ def _chunks(entries: Iterable[dict], size: int) -> Iterator[tuple[int, list[dict
 
 
 def _write_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from blipx.weights.io import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"))
 
 
 class CapFilt:
@@ -139,7 +135,7 @@ class CapFilt:
                     texts.append(c)
                     owners.append(i)
                     meta.append((e, "synthetic", c))
-            # One host copy per batch of scores (not per caption): they go to the JSON rows.
+            # Host sync, once per batch of scores (not per caption): they go to the JSON rows.
             probs = self.score(filt_px, texts, torch.tensor(owners, device=self.device)).cpu().tolist()
             for (e, source, text), p in zip(meta, probs):
                 row = {"image": e["image"], "image_id": e.get("image_id", e["image"]), "caption": text,

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from blipx.weights.io import atomic_write
+
 
 def _read_rows(out: Path) -> list[dict]:
     rows = []
@@ -61,16 +63,15 @@ def merge_and_report(out_dir: str | os.PathLike, threshold: float = 0.5) -> dict
         kept = [r for r in syn if r["kept"]]
         report["synthetic_kept_correct"] = (sum(caption_matches(r["caption"], r["objects"]) for r in kept) / len(kept)
                                             if kept else None)
-    tmp = out / "bootstrapped.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in scored:
-            if r["kept"]:
-                entry = {"image": r["image"], "caption": r["caption"], "image_id": r["image_id"],
-                         "source": r["source"], "itm_score": r["itm_score"]}
-                if "objects" in r:
-                    entry["objects"] = r["objects"]
-                f.write(json.dumps(entry) + "\n")
-    os.replace(tmp, out / "bootstrapped.jsonl")
+    lines = []
+    for r in scored:
+        if r["kept"]:
+            entry = {"image": r["image"], "caption": r["caption"], "image_id": r["image_id"],
+                     "source": r["source"], "itm_score": r["itm_score"]}
+            if "objects" in r:
+                entry["objects"] = r["objects"]
+            lines.append(json.dumps(entry) + "\n")
+    atomic_write(out / "bootstrapped.jsonl", lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     _plot_histograms(scored, threshold, out / "scores.png")
     return report

@@ -133,6 +133,7 @@ class BlipCaptioner(BlipxModel):
         pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
         ids = self.generate(pixel_values, prompt, **kw)
         p = decoder_prompt(prompt, pixel_values.shape[0], self.config.text.bos_token_id, ids.device).shape[1]
+        # Host copy of the finished ids, once per call, for the tokenizer (outside the decode loop).
         return _tokenizer().batch_decode(ids[:, p:].tolist(), skip_special_tokens=True)
 
 

@@ -56,7 +56,7 @@ def cross_attention_ref(
     Returns [B*G, H, Lq, D]; a query whose keys are all masked gets zeros. Softmax runs in fp32.
     """
     bg, h, lq, d = q.shape
-    b, lk = k.shape[0], k.shape[2]
+    b = k.shape[0]
     if b == 0 or bg % b != 0:
         raise ValueError(f"cross_attention: q rows ({bg}) must be a positive multiple of k rows ({b})")
     g = bg // b

@@ -60,19 +60,6 @@ def build_task(cfg: TrainConfig, model, tokenizer) -> nn.Module:
     return RetrievalTask(model, copy_momentum=fresh or not model.has_momentum, **common)
 
 
-class PromptCollator:
-    """Prepends the captioning prompt to every caption before tokenizing (BLIP's dataset does)."""
-
-    def __init__(self, collator, prompt: str) -> None:
-        self.collator, self.prompt = collator, prompt
-
-    def __call__(self, samples):
-        for s in samples:
-            if isinstance(s, dict):
-                s["caption"] = self.prompt + s["caption"]
-        return self.collator(samples)
-
-
 def build_data(cfg: TrainConfig, model, tokenizer, split: str = "train", train: bool = True):
     """(dataset, collate_fn) for ``cfg.data``: "shapes", a .json/.jsonl annotation file, or
     WebDataset shards (a .tar path or brace pattern)."""
@@ -96,9 +83,8 @@ def build_data(cfg: TrainConfig, model, tokenizer, split: str = "train", train: 
     else:
         dataset = get_dataset("webdataset", urls=cfg.data, transform=transform, **opts)
     collate = ImageTextCollator(tokenizer, max_length=cfg.max_text_len,
-                                padding="longest" if family == "albef" else "max_length")
-    if cfg.task == "blip_caption":
-        collate = PromptCollator(collate, cfg.prompt)
+                                padding="longest" if family == "albef" else "max_length",
+                                prompt=cfg.prompt if cfg.task == "blip_caption" else "")
     return dataset, collate
 
 

@@ -43,7 +43,7 @@ class EpochSampler(Sampler[int]):
     def _indices(self) -> list[int]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
+            order = torch.randperm(self.n, generator=g).tolist()  # CPU tensor: no device sync
         else:
             order = list(range(self.n))
         per_rank = self.n // self.world  # equal shards; the remainder is dropped
@@ -55,7 +55,7 @@ class EpochSampler(Sampler[int]):
         return iter(self._indices())
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return max(0, self.batches_per_epoch() - self.start) * self.bs
 
     def batches_per_epoch(self) -> int:
         return (self.n // self.world) // self.bs

@@ -51,7 +51,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temp file in the same folder, then ``os.replace``: readers never see a
     half-written file, and a crash leaves the old file intact."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -71,11 +71,11 @@ def write_json(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=2)
             f.write("\n")
 
-    _atomic_write(path, w)
+    atomic_write(path, w)
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

@@ -7,7 +7,6 @@ the exact masked softmax: chi-square at a fixed seed plus cosine >= 0.999.
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
