@@ -69,6 +69,7 @@ class CachedDecoder:
             raise ValueError(f"max_length {max_len} exceeds max_position_embeddings {cfg.max_position_embeddings}")
         self.decoder = decoder
         self.rows = rows
+        self.images = encoder_states.shape[0]
         # Once per image and layer; every step and every beam reuses these [B, H, Lk, D] tensors.
         self.cross_kv = bert.project_cross_kv(encoder_states)
         self.cross_mask = None if encoder_mask is None else ~encoder_mask.to(torch.bool)
@@ -124,3 +125,16 @@ class CachedDecoder:
 
     def reorder_(self, rows: torch.Tensor) -> None:
         self.cache.reorder_(rows)
+
+    def keep_images_(self, images: torch.Tensor) -> None:
+        """Drop every image not in ``images`` (int64 [B'], ascending local indices) with all of its
+        G rows: finished captions stop costing compute. Shapes shrink, so a compiled or captured
+        step sees a new shape; callers compact rarely (when at most half the images remain)."""
+        g = self.rows // self.images
+        rows = (images[:, None] * g + torch.arange(g, device=images.device)).view(-1)
+        self.cross_kv = [None if kv is None else (kv[0].index_select(0, images), kv[1].index_select(0, images))
+                         for kv in self.cross_kv]
+        if self.cross_mask is not None:
+            self.cross_mask = self.cross_mask.index_select(0, images)
+        self.cache.kv = self.cache.kv.index_select(2, rows)
+        self.rows, self.images = rows.numel(), images.numel()

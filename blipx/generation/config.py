@@ -27,6 +27,7 @@ class GenerationSettings:
     early_stopping: bool | str = False
     eos_token_id: int = 102
     pad_token_id: int = 0
+    compact: float = 0.5
 
     @property
     def rows_per_input(self) -> int:
@@ -53,8 +54,14 @@ def resolve(
     early_stopping: bool | str = False,
     eos_token_id: int = 102,
     pad_token_id: int = 0,
+    compact: float = 0.5,
 ) -> GenerationSettings:
-    """HF's ``_prepare_generated_length`` plus the argument checks HF's GenerationConfig makes."""
+    """HF's ``_prepare_generated_length`` plus the argument checks HF's GenerationConfig makes.
+
+    ``compact`` (blipx's own): once the images whose captions are all finished leave at most
+    this fraction of the running images, drop them from the decoder (their rows stop costing
+    compute; the results are unchanged). Shapes shrink at most log2(B) times; 0 never compacts.
+    """
     if max_new_tokens is not None:
         max_length = max_new_tokens + prompt_len  # max_new_tokens wins over max_length, as in HF
     elif max_length is None:
@@ -78,6 +85,8 @@ def resolve(
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if not 0.0 <= compact <= 1.0:
+        raise ValueError(f"compact must be in [0, 1], got {compact}")
     if repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     return GenerationSettings(
@@ -95,4 +104,5 @@ def resolve(
         early_stopping=early_stopping,
         eos_token_id=int(eos_token_id),
         pad_token_id=int(pad_token_id),
+        compact=float(compact),
     )

@@ -21,10 +21,16 @@ def greedy_or_sample(
     s: GenerationSettings,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """prompt int64 [N, P] (N = B * num_return_sequences rows) -> sequences [N, P + steps]."""
+    """prompt int64 [N, P] (N = B * num_return_sequences rows) -> sequences [N, P + steps].
+
+    Images whose rows have all finished are dropped from the decoder once at most
+    ``s.compact`` of the running images remain (their later tokens are padding anyway)."""
     n, p = prompt.shape
-    seqs = torch.full((n, s.max_length), -1, dtype=torch.long, device=prompt.device)
-    seqs[:, :p] = prompt
+    g = n // dec.images
+    # -1 = not generated yet (the repetition penalty skips it); dropped rows get pad at the end.
+    out = torch.full((n, s.max_length), -1, dtype=torch.long, device=prompt.device)
+    out[:, :p] = prompt
+    seqs, rows = out, None  # the running rows (a gathered copy once compacted) and their indices in out
     unfinished = torch.ones(n, dtype=torch.bool, device=prompt.device)
     pad = torch.tensor(s.pad_token_id, device=prompt.device)
     logits = dec.prefill(prompt)
@@ -43,9 +49,22 @@ def greedy_or_sample(
         unfinished &= nxt != s.eos_token_id
         if cur >= s.max_length:
             break
-        # The one host sync of the loop: stop early once every row has produced EOS (HF cuts
-        # the output here too). Everything else stays on the device.
-        if not bool(unfinished.any()):
+        # The one host sync of the loop: how many images still have a running row (HF stops
+        # when none has; the output is cut there too). Everything else stays on the device.
+        alive = unfinished.view(-1, g).any(dim=1)
+        n_alive = int(alive.sum())
+        if n_alive == 0:
             break
+        if n_alive < dec.images and n_alive <= s.compact * dec.images:
+            keep = alive.nonzero().view(-1)  # a second sync, at most log2(B) times per call
+            keep_rows = (keep[:, None] * g + torch.arange(g, device=keep.device)).view(-1)
+            if rows is not None:
+                out[rows] = seqs
+            rows = keep_rows if rows is None else rows[keep_rows]
+            seqs, unfinished, nxt = out[rows], unfinished[keep_rows], nxt[keep_rows]
+            dec.keep_images_(keep)
         logits = dec.step(nxt)
-    return seqs[:, :cur]
+    if rows is not None:
+        out[rows] = seqs
+    out = out[:, :cur]
+    return out.masked_fill_(out < 0, s.pad_token_id)  # rows dropped while finished: HF pads them

@@ -65,19 +65,24 @@ def sample_itm_negatives(
     idx_all: torch.Tensor | None = None,
     positive_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    hardness: float = 1.0,
 ) -> ITMNegatives:
     """Draw the hard negatives of both directions.
 
     sim_i2t: [B, N] logits of image i vs candidate text j; sim_t2i: [B, N] text i vs candidate
     image j (N = B locally, W*B with gathered candidates). Positives: ``positive_mask`` if
     given, else same image id (``idx`` [B] vs ``idx_all`` [N], default ``idx``), else the
-    diagonal (square sims only). Gradient-free.
+    diagonal (square sims only). Gradient-free. ``hardness`` scales the logits: 1 draws from
+    softmax(sim) (official), 0 uniformly among the non-positives (a curriculum ramps it up).
     """
     if positive_mask is None and idx is not None:
         positive_mask = positive_mask_from_ids(idx, idx_all)
     with torch.no_grad():
-        image_for_text = ops.sample_hard_negatives(sim_t2i.detach(), positive_mask, generator)
-        text_for_image = ops.sample_hard_negatives(sim_i2t.detach(), positive_mask, generator)
+        sim_t2i, sim_i2t = sim_t2i.detach(), sim_i2t.detach()
+        if hardness != 1.0:  # a Python float: no sync; ITC sims are finite, so 0 * sim is 0
+            sim_t2i, sim_i2t = sim_t2i * hardness, sim_i2t * hardness
+        image_for_text = ops.sample_hard_negatives(sim_t2i, positive_mask, generator)
+        text_for_image = ops.sample_hard_negatives(sim_i2t, positive_mask, generator)
     return ITMNegatives(image_for_text, text_for_image)
 
 

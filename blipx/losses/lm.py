@@ -46,7 +46,9 @@ def lm_loss(
     if reduction not in ("mean", "none"):
         raise ValueError(f"lm_loss: reduction must be 'mean' or 'none', got {reduction!r}")
     b, _, v = logits.shape
-    shifted = logits[:, :-1, :].reshape(-1, v).float()
-    labels = targets[:, 1:].reshape(-1)
-    loss = F.cross_entropy(shifted, labels, ignore_index=-100, label_smoothing=label_smoothing, reduction=reduction)
+    # Shift the labels, not the logits: slicing [B, T, V] logits would cost a copy forward and a
+    # zero-filled [B, T, V] gradient backward; the last position simply has no target.
+    labels = torch.cat([targets[:, 1:], targets.new_full((b, 1), -100)], dim=1).reshape(-1)
+    loss = F.cross_entropy(logits.reshape(-1, v).float(), labels, ignore_index=-100,
+                           label_smoothing=label_smoothing, reduction=reduction)
     return loss if reduction == "mean" else loss.view(b, -1).sum(dim=1)

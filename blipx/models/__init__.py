@@ -34,7 +34,7 @@ def create_model(name: str, task: str = "pretrain", **overrides: Any) -> BlipxMo
     if cls is None:
         tasks = sorted(t for f, t in MODEL_CLASSES if f == cfg.family)
         raise ValueError(f"{name} ({cfg.family}) has no task {task!r}; choose from {tasks}")
-    model = init_weights_(cls(cfg))
+    model = init_weights_(cls(cfg), std=cfg.initializer_range)
     if getattr(model, "has_momentum", False):
         model.copy_momentum_from_online()  # the copies were made before the init
     return model

@@ -100,6 +100,7 @@ class BlipCaptioner(BlipxModel):
         num_return_sequences: int = 1,
         early_stopping: bool | str = False,
         generator: torch.Generator | None = None,
+        compact: float = 0.5,
     ) -> torch.Tensor:
         """Caption ids [B * num_return_sequences, P + new], as HF
         ``BlipForConditionalGeneration.generate`` returns them: prefix ([DEC] + prompt)
@@ -107,7 +108,8 @@ class BlipCaptioner(BlipxModel):
         search). ``max_length`` / ``min_length`` count the prefix; the default is 20 new tokens;
         ``top_k`` defaults to 50 as in HF (pass ``top_k=0`` for pure nucleus sampling).
         ``prompt``: see :func:`decoder_prompt`. The image K/V is projected once per image and
-        shared by all beams / return sequences (see :mod:`blipx.generation`).
+        shared by all beams / return sequences (see :mod:`blipx.generation`). ``compact``: once
+        finished images leave at most this fraction running, they leave the decoder (0 = never).
         """
         from blipx.generation import generate
 
@@ -118,6 +120,7 @@ class BlipCaptioner(BlipxModel):
             temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
             length_penalty=length_penalty, min_length=min_length, max_length=max_length,
             max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences, early_stopping=early_stopping,
+            compact=compact,
         )
 
     def caption(self, images: Any, prompt: str | torch.Tensor | list | None = None, **kw) -> list[str]:

@@ -22,6 +22,9 @@ class TrainConfig:
     data_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"size": 2000, "noise": 0.3}
     flip: str = "auto"  # random | swap (flip + swap left/right in captions) | none; auto: swap for shapes
     randaugment: bool = True
+    # RandomResizedCrop area range; None = official ((0.5, 1) fine-tune, (0.2, 1) pretrain-stage
+    # transforms) except on shapes, whose captions name positions that a crop would falsify: (1, 1).
+    crop_scale: list[float] | None = None
     max_text_len: int = 30
     prompt: str = "a picture of "  # captioning fine-tuning only
     num_workers: int = 0
@@ -46,6 +49,12 @@ class TrainConfig:
     momentum: float = 0.995
     alpha: float = 0.4
     alpha_warmup_steps: int = 0  # ALBEF: one epoch of steps, BLIP: two
+    # ITM hard negatives are drawn from softmax(hardness * ITC sims); hardness ramps 0 -> 1 over
+    # these steps (0 = official: hard from the first step). From-scratch models need the ramp:
+    # before ITC separates anything, the hardest negatives are indistinguishable and ITM stays at
+    # its prior (blip_mini on shapes: ITM loss 0.636 flat for 150 steps; 0.30 with random negatives).
+    itm_hardness_warmup_steps: int = 0
+    label_smoothing: float = 0.1  # LM loss (official BLIP)
     # bookkeeping
     out_dir: str = "runs/blipx"
     seed: int = 42

@@ -25,18 +25,21 @@ class CaptionTask(nn.Module):
     """BLIP captioning fine-tuning: ``loss = LM(label smoothing 0.1)`` on ``prompt + caption``
     with the prompt's tokens (``prompt_length``, 4 for 'a picture of ') excluded from the loss."""
 
-    def __init__(self, model: BlipCaptioner, prompt_length: int = 4) -> None:
+    def __init__(self, model: BlipCaptioner, prompt_length: int = 4, label_smoothing: float = 0.1) -> None:
         super().__init__()
         if not isinstance(model, BlipCaptioner):
             raise TypeError(f"CaptionTask: model must be a BlipCaptioner, got {type(model).__name__}")
         self.model, self.prompt_length = model, int(prompt_length)
+        self.label_smoothing = float(label_smoothing)
 
-    def forward(self, pixel_values, input_ids, attention_mask, alpha: float | None = None, image_ids=None):
+    def forward(self, pixel_values, input_ids, attention_mask, alpha: float | None = None, image_ids=None,
+                hardness: float = 1.0):
+        """alpha, image_ids and hardness are accepted for the trainer's uniform call and unused."""
         cfg = self.model.config.text
         decoder_ids, targets = lm_inputs_and_targets(input_ids, bos_token_id=cfg.bos_token_id,
                                                      prompt_length=self.prompt_length)
         logits = self.model(pixel_values, decoder_ids, attention_mask).logits
-        loss = lm_loss(logits, targets)
+        loss = lm_loss(logits, targets, label_smoothing=self.label_smoothing)
         return {"loss": loss, "loss_lm": loss}
 
 
@@ -66,7 +69,8 @@ class RetrievalTask(nn.Module):
             return enc(input_ids, attention_mask, mode="text").last_hidden_state
         return m.encode_text(input_ids, attention_mask, momentum=momentum)
 
-    def forward(self, pixel_values, input_ids, attention_mask, image_ids, alpha: float | None = None):
+    def forward(self, pixel_values, input_ids, attention_mask, image_ids, alpha: float | None = None,
+                hardness: float = 1.0):
         m = self.model
         alpha = self.alpha if alpha is None else float(alpha)
         clamp_temperature_(m.temp)
@@ -90,12 +94,12 @@ class RetrievalTask(nn.Module):
         if self.is_blip:  # BLIP: weights from online features, no momentum keys
             with torch.no_grad():
                 sim = image_feat @ text_feat.t() / m.temp
-            negatives = sample_itm_negatives(sim, sim.t(), idx=idx)
+            negatives = sample_itm_negatives(sim, sim.t(), idx=idx, hardness=hardness)
             ids = with_first_token(input_ids, m.config.text.enc_token_id)
             neg = build_itm_inputs(image_embeds, ids, attention_mask, negatives)
             pos_logits = m.itm_logits(image_embeds, ids, attention_mask)
         else:  # ALBEF: the ITC similarities against the momentum batch
-            negatives = sample_itm_negatives(itc.sim_i2t[:, :b], itc.sim_t2i[:, :b], idx=idx)
+            negatives = sample_itm_negatives(itc.sim_i2t[:, :b], itc.sim_t2i[:, :b], idx=idx, hardness=hardness)
             neg = build_itm_inputs(image_embeds, text_embeds, attention_mask, negatives)
             pos_logits = m.itm_logits(image_embeds, text_embeds, attention_mask)
         neg_logits = m.itm_logits(neg["image_embeds"], neg["text_embeds"], neg["text_atts"])

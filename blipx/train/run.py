@@ -51,12 +51,13 @@ def build_task(cfg: TrainConfig, model, tokenizer) -> nn.Module:
     fresh = cfg.init is None  # momentum copies start as the online weights unless loaded
     common = dict(queue_size=cfg.queue_size, momentum=cfg.momentum, alpha=cfg.alpha)
     if cfg.task == "blip_pretrain":
-        return BlipPretrainTask(model, copy_momentum=fresh, **common)
+        return BlipPretrainTask(model, copy_momentum=fresh, label_smoothing=cfg.label_smoothing, **common)
     if cfg.task == "albef_pretrain":
         return AlbefPretrainTask(model, copy_momentum=fresh, **common)
     if cfg.task == "blip_caption":
         # 'a picture of ' -> [CLS] a picture of [SEP]: 5 ids, minus [SEP] = 4 (official).
-        return CaptionTask(model, prompt_length=len(tokenizer(cfg.prompt).input_ids) - 1)
+        return CaptionTask(model, prompt_length=len(tokenizer(cfg.prompt).input_ids) - 1,
+                           label_smoothing=cfg.label_smoothing)
     return RetrievalTask(model, copy_momentum=fresh or not model.has_momentum, **common)
 
 
@@ -71,7 +72,9 @@ def build_data(cfg: TrainConfig, model, tokenizer, split: str = "train", train: 
     # Shapes captions name positions: a flip must swap left/right in the caption too.
     flip = cfg.flip if cfg.flip != "auto" else ("swap" if cfg.data == "shapes" else "random")
     if train:
-        transform = TrainTransform(size, family=family, flip=flip, randaugment=cfg.randaugment)
+        scale = cfg.crop_scale if cfg.crop_scale is not None else ((1.0, 1.0) if cfg.data == "shapes" else None)
+        transform = TrainTransform(size, family=family, flip=flip, randaugment=cfg.randaugment,
+                                   scale=None if scale is None else tuple(scale))
     else:
         transform = eval_transform(size)
     if cfg.data == "shapes":
@@ -83,7 +86,7 @@ def build_data(cfg: TrainConfig, model, tokenizer, split: str = "train", train: 
     else:
         dataset = get_dataset("webdataset", urls=cfg.data, transform=transform, **opts)
     collate = ImageTextCollator(tokenizer, max_length=cfg.max_text_len,
-                                padding="longest" if family == "albef" else "max_length",
+                                padding="longest",
                                 prompt=cfg.prompt if cfg.task == "blip_caption" else "")
     return dataset, collate
 

@@ -65,7 +65,7 @@ class PretrainTask(nn.Module):
         # Not a submodule: the momentum copies are the model's own (checkpoint keys *_m).
         self.ema = MomentumEMA(model.momentum_pairs(), momentum=momentum, copy_weights=copy_momentum)
 
-    def _contrastive(self, out, mom, alpha: float):
+    def _contrastive(self, out, mom, alpha: float, hardness: float):
         """ITC against [momentum batch keys; queue], then the queue write (official order), then
         the hard-negative draw. Returns (ITCOutput, ITMNegatives, candidate offset or None)."""
         q = self.queue
@@ -87,13 +87,15 @@ class PretrainTask(nn.Module):
             n = world * b
             mask = diagonal_positive_mask(b, n, offset, device=out.image_feat.device)
             negatives = sample_itm_negatives(itc.sim_i2t[:, :n], itc.sim_t2i[:, :n], positive_mask=mask,
-                                             generator=self._generator)
+                                             generator=self._generator, hardness=hardness)
             return itc, negatives, True
         cols = slice(offset, offset + b)  # this rank's own block of keys
-        negatives = sample_itm_negatives(itc.sim_i2t[:, cols], itc.sim_t2i[:, cols], generator=self._generator)
+        negatives = sample_itm_negatives(itc.sim_i2t[:, cols], itc.sim_t2i[:, cols], generator=self._generator,
+                                         hardness=hardness)
         return itc, negatives, False
 
-    def _itc_itm(self, out, pixel_values, input_ids, attention_mask, alpha, update_momentum, texts, gather_texts):
+    def _itc_itm(self, out, pixel_values, input_ids, attention_mask, alpha, hardness, update_momentum, texts,
+                 gather_texts):
         """EMA step, momentum features, ITC (+ enqueue), hard negatives and the ITM loss;
         returns (ITCOutput, loss_itm, momentum features).
 
@@ -104,7 +106,7 @@ class PretrainTask(nn.Module):
         if update_momentum:
             self.ema.update()
         mom = self.model.momentum_features(pixel_values, input_ids, attention_mask)
-        itc, negatives, global_negs = self._contrastive(out, mom, alpha)
+        itc, negatives, global_negs = self._contrastive(out, mom, alpha, hardness)
         cand = {}
         if global_negs:  # images of other ranks are gathered with gradients (BLIP's all_gather_with_grad)
             cand = dict(image_candidates=all_gather_with_grad(out.image_embeds), text_candidates=gather_texts(texts),
@@ -123,24 +125,27 @@ class PretrainTask(nn.Module):
 class BlipPretrainTask(PretrainTask):
     """BLIP pretraining: ``loss = loss_itc + loss_itm + loss_lm`` (blip_pretrain.py)."""
 
-    def __init__(self, model: BlipPretrainer, **kwargs) -> None:
+    def __init__(self, model: BlipPretrainer, label_smoothing: float = 0.1, **kwargs) -> None:
         if not isinstance(model, BlipPretrainer):
             raise TypeError(f"BlipPretrainTask: model must be a BlipPretrainer, got {type(model).__name__}")
         super().__init__(model, **kwargs)
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                alpha: float | None = None, update_momentum: bool = True, image_ids=None) -> dict[str, torch.Tensor]:
+                alpha: float | None = None, update_momentum: bool = True, image_ids=None,
+                hardness: float = 1.0) -> dict[str, torch.Tensor]:
         """pixel_values [B, 3, H, W]; input_ids [B, T] tokenized captions starting with [CLS];
         attention_mask [B, T]; image_ids is accepted and unused (official pretraining has no id
-        positives). Returns ``{loss, loss_itc, loss_itm, loss_lm}`` (scalar tensors)."""
+        positives); hardness: of the ITM negatives (``sample_itm_negatives``). Returns
+        ``{loss, loss_itc, loss_itm, loss_lm}`` (scalar tensors)."""
         model = self.model
         alpha = self.alpha if alpha is None else float(alpha)
         clamp_temperature_(model.temp)
         out = model(pixel_values, input_ids, attention_mask)
-        itc, loss_itm, _ = self._itc_itm(out, pixel_values, input_ids, attention_mask, alpha, update_momentum,
-                                         texts=input_ids, gather_texts=concat_all_gather)
+        itc, loss_itm, _ = self._itc_itm(out, pixel_values, input_ids, attention_mask, alpha, hardness,
+                                         update_momentum, texts=input_ids, gather_texts=concat_all_gather)
         _, targets = lm_inputs_and_targets(input_ids, bos_token_id=model.config.text.bos_token_id)
-        loss_lm = lm_loss(out.lm_logits, targets)
+        loss_lm = lm_loss(out.lm_logits, targets, label_smoothing=self.label_smoothing)
         loss = itc.loss + loss_itm + loss_lm
         return {"loss": loss, "loss_itc": itc.loss, "loss_itm": loss_itm, "loss_lm": loss_lm}
 
@@ -155,7 +160,8 @@ class AlbefPretrainTask(PretrainTask):
         self.mask_prob = float(mask_prob)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                alpha: float | None = None, update_momentum: bool = True, image_ids=None) -> dict[str, torch.Tensor]:
+                alpha: float | None = None, update_momentum: bool = True, image_ids=None,
+                hardness: float = 1.0) -> dict[str, torch.Tensor]:
         """Same inputs as :meth:`BlipPretrainTask.forward`; returns ``{loss, loss_itc, loss_itm, loss_mlm}``."""
         model = self.model
         alpha = self.alpha if alpha is None else float(alpha)
@@ -163,8 +169,8 @@ class AlbefPretrainTask(PretrainTask):
         masked_ids, labels = mask_tokens(input_ids, model.config.text.vocab_size, mask_prob=self.mask_prob,
                                          generator=self._generator)
         out = model(pixel_values, input_ids, attention_mask, masked_input_ids=masked_ids)
-        itc, loss_itm, mom = self._itc_itm(out, pixel_values, input_ids, attention_mask, alpha, update_momentum,
-                                           texts=out.text_embeds, gather_texts=all_gather_with_grad)
+        itc, loss_itm, mom = self._itc_itm(out, pixel_values, input_ids, attention_mask, alpha, hardness,
+                                           update_momentum, texts=out.text_embeds, gather_texts=all_gather_with_grad)
         with torch.no_grad():
             logits_m = model.mlm_logits(mom.image_embeds, masked_ids, attention_mask, momentum=True)
         loss_mlm = mlm_loss(out.mlm_logits, labels, logits_m, alpha)

@@ -164,8 +164,9 @@ class Trainer:
                         continue
                 batch = self._to_device(batch)
                 alpha = alpha_warmup(self.step, cfg.alpha_warmup_steps, cfg.alpha)
+                hardness = alpha_warmup(self.step, cfg.itm_hardness_warmup_steps, 1.0)
                 with self._autocast():
-                    out = self.module(**batch, alpha=alpha)
+                    out = self.module(**batch, alpha=alpha, hardness=hardness)
                 scaler.scale(out["loss"] / cfg.grad_accum).backward()
                 for k, v in out.items():  # device-side running sums: no sync per step
                     sums[k] = sums.get(k, 0) + v.detach().float()

@@ -56,3 +56,36 @@ def test_reorder_within_image_groups(captioners, px):
     got = torch.stack([dec.step(new[:, i]) for i in range(5, t)], dim=1)
     full = _full_logits(ours, image_embeds, new)
     assert (got - full[:, 5:t]).abs().max() <= ATOL
+
+
+@torch.no_grad()
+def test_decode_step_compiles_once_with_static_shapes(captioners, px):
+    """The step is one graph with fixed shapes: ``torch.compile(fullgraph=True, dynamic=False)``
+    traces it without a break, every later step reuses that graph (the position lives on the
+    device, so it is not a guard), and the logits equal eager's. The precondition of capturing
+    it in a CUDA graph / ``mode="reduce-overhead"`` on GPU."""
+    import torch._dynamo
+
+    _, ours = captioners
+    image_embeds = ours.visual_encoder(px)
+    b, t, p = px.shape[0], 10, 2
+    seqs = torch.randint(1000, 30000, (b, t), generator=torch.Generator().manual_seed(2))
+    seqs[:, 0] = 30522
+    eager = CachedDecoder(ours.text_decoder, image_embeds, rows=b, max_len=t)
+    comp = CachedDecoder(ours.text_decoder, image_embeds, rows=b, max_len=t)
+    eager.prefill(seqs[:, :p])
+    comp.prefill(seqs[:, :p])
+    torch._dynamo.reset()
+    frames = []
+    step = torch.compile(comp.step, fullgraph=True, dynamic=False, backend=_counting_backend(frames))
+    for i in range(p, t):
+        assert (step(seqs[:, i]) - eager.step(seqs[:, i])).abs().max() <= ATOL
+    assert len(frames) == 1, f"the decode step was traced {len(frames)} times (a guard on the position?)"
+
+
+def _counting_backend(frames):
+    def backend(gm, example_inputs):
+        frames.append(gm)
+        return gm.forward  # run the traced graph as is: this checks tracing, not inductor
+
+    return backend

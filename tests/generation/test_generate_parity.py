@@ -34,26 +34,52 @@ def _check(ref: torch.Tensor, out: torch.Tensor) -> None:
     assert torch.equal(out, ref), f"\nHF:    {ref.tolist()}\nblipx: {out.tolist()}"
 
 
+# compact: 0 = finished images keep running, 0.5 = the default, 1 = dropped as soon as one is done.
+@pytest.mark.parametrize("compact", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("name", list(CASES))
-def test_ids_match_hf(captioners, px, name):
+def test_ids_match_hf(captioners, px, name, compact):
     hf, ours = captioners
     kw = CASES[name]
     ref = hf.generate(pixel_values=px, **kw)
-    out = ours.generate(px, **kw)
+    out = ours.generate(px, compact=compact, **kw)
     _check(ref, out)
     assert (out[:, 0] == BOS).all()
 
 
+@pytest.mark.parametrize("compact", [0.0, 1.0])
 @pytest.mark.parametrize("name", list(PROMPT_CASES))
-def test_ids_match_hf_with_prompt(captioners, px, name):
+def test_ids_match_hf_with_prompt(captioners, px, name, compact):
     hf, ours = captioners
     kw = PROMPT_CASES[name]
     ref = hf.generate(pixel_values=px, **hf_prompt(px.shape[0]), **kw)
-    out = ours.generate(px, PROMPT, **kw)
+    out = ours.generate(px, PROMPT, compact=compact, **kw)
     _check(ref, out)
     assert out[:, :4].tolist() == [[BOS, 1037, 3861, 1997]] * out.shape[0]
     # Prompt given as ids (the tokenized form) is the same request.
-    assert torch.equal(ours.generate(px, hf_prompt(px.shape[0])["input_ids"], **kw), out)
+    assert torch.equal(ours.generate(px, hf_prompt(px.shape[0])["input_ids"], compact=compact, **kw), out)
+
+
+@pytest.mark.parametrize("kw", [dict(max_length=12), dict(num_beams=3, max_length=12),
+                                dict(do_sample=True, top_p=0.9, num_return_sequences=2, max_length=12)])
+def test_finished_images_stop_costing_compute(captioners, px, monkeypatch, kw):
+    """With compact=1 the decoder runs fewer rows once images finish (the fixture's rows stop at
+    mixed steps), and the ids are those of the uncompacted run."""
+    from blipx.generation import CachedDecoder
+
+    _, ours = captioners
+    rows_per_step = []
+    step = CachedDecoder.step
+    monkeypatch.setattr(CachedDecoder, "step", lambda self, t: rows_per_step.append(self.rows) or step(self, t))
+    gen = lambda: torch.Generator().manual_seed(3)
+    extra = dict(generator=gen()) if kw.get("do_sample") else {}
+    full = ours.generate(px, compact=0.0, **kw, **extra)
+    assert len(set(rows_per_step)) == 1
+    rows_per_step.clear()
+    extra = dict(generator=gen()) if kw.get("do_sample") else {}
+    compacted = ours.generate(px, compact=1.0, **kw, **extra)
+    assert rows_per_step == sorted(rows_per_step, reverse=True) and rows_per_step[-1] < rows_per_step[0]
+    if not kw.get("do_sample"):  # sampling draws per running row: same law, other draws
+        assert torch.equal(full, compacted)
 
 
 def test_fixture_exercises_padding(captioners, px):

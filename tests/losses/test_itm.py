@@ -113,3 +113,16 @@ def test_sampling_follows_the_softmax_and_carries_no_graph():
     hits = sum(int(sample_itm_negatives(sim, sim.t(), generator=g).text_for_image[0] == 1) for _ in range(4000))
     p = torch.e**2 / (torch.e**2 + 4)
     assert abs(hits / 4000 - p) < 4 * (p * (1 - p) / 4000) ** 0.5
+
+
+def test_hardness_scales_the_logits():
+    """hardness h draws from softmax(h * sim): 0 is uniform over the non-positives, 0.5 halves
+    the logit gap (the curriculum of ``itm_hardness_warmup_steps``)."""
+    sim = torch.zeros(B, B)
+    sim[0, 1] = 2.0
+    g = torch.Generator().manual_seed(5)
+    n = 4000
+    for h, p in ((0.0, 1 / (B - 1)), (0.5, torch.e / (torch.e + B - 2))):
+        hits = sum(int(sample_itm_negatives(sim, sim.t(), generator=g, hardness=h).text_for_image[0] == 1)
+                   for _ in range(n))
+        assert abs(hits / n - p) < 4 * (p * (1 - p) / n) ** 0.5, (h, hits / n, p)

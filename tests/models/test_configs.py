@@ -70,3 +70,23 @@ def test_retriever_momentum_copies_are_optional_and_frozen():
     m = create_model("blip_tiny", "retriever", momentum=True)
     assert all(not p.requires_grad for p in m.visual_encoder_m.parameters())
     assert not hasattr(create_model("blip_tiny", "retriever"), "visual_encoder_m")
+
+
+def test_initializer_range_sets_the_fresh_init():
+    """``initializer_range`` (HF's name) is the std of fresh Linear/Embedding weights: 0.02 by
+    default, 0.1 for blip_mini (narrow, trained from scratch by the demo)."""
+    import torch
+
+    from blipx.models import create_model, get_config
+
+    assert get_config("blip_tiny").initializer_range == 0.02
+    for name, std in (("blip_tiny", 0.02), ("blip_mini", 0.1)):
+        model = create_model(name, "captioner")
+        w = model.text_decoder.bert.embeddings.word_embeddings.weight
+        # Tied to the LM head's Linear, so truncated at 2 std as well: ~0.88 of the nominal std.
+        assert 0.8 * std < float(w.std()) < std, (name, float(w.std()))
+        q = model.visual_encoder.blocks[0].attn.qkv.weight  # truncated at 2 std: ~0.88 of the nominal std
+        assert 0.8 * std < float(q.std()) < std
+    # A momentum copy starts equal to its online module after the re-init.
+    m = create_model("blip_mini", "pretrain")
+    assert torch.equal(m.text_proj.weight, m.text_proj_m.weight)

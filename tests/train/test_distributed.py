@@ -19,7 +19,7 @@ GRAD_KEYS = ("model.itm_head.weight", "model.vision_proj.weight", "model.text_pr
              "model.visual_encoder.patch_embed.proj.weight", "model.text_decoder.cls.predictions.bias")
 
 
-def argmax_negatives(sim_i2t, sim_t2i, *, positive_mask=None, idx=None, idx_all=None, generator=None):
+def argmax_negatives(sim_i2t, sim_t2i, *, positive_mask=None, idx=None, idx_all=None, generator=None, hardness=1.0):
     """Deterministic stand-in for the random draw: the hardest negative, so both runs pick alike."""
     if positive_mask is None:
         positive_mask = torch.eye(sim_i2t.shape[0], sim_i2t.shape[1], dtype=torch.bool)
