@@ -22,7 +22,7 @@ DEMO_DECODING = {"beam3": dict(num_beams=3), "nucleus0.9": dict(do_sample=True, 
 # Pretraining a from-scratch blip_mini on one-shape scenes in minutes (measured on 2 CPU cores;
 # the numbers are in the README). Where it departs from the official recipe, and why:
 SHAPES_RECIPE = dict(
-    model="blip_mini",  # initializer_range 0.1: at 0.02 ITC first collapses all features
+    model="blip_mini",  # initializer_range 0.1 (at 0.02 ITC first collapses all features), no dropout
     lr=1e-3, min_lr=1e-5,
     queue_size=0, momentum=0.9, alpha=0.0,  # a 0.995 EMA and a queue lag a 1000-step run
     itm_hardness_warmup_steps=400,  # ITM stays at its prior under hard negatives from step 0
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--json", default=None, help="summary JSON path (default: <out>/demo_summary.json)")
-    ap.add_argument("--steps", type=int, default=None, help="default: 400 on CPU, 3000 on GPU")
+    ap.add_argument("--steps", type=int, default=None, help="default: 1200 on CPU, 3000 on GPU")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval-samples", type=int, default=200)
     args = ap.parse_args(argv)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from blipx.train.run import run_training
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    steps = args.steps or (3000 if device.startswith("cuda") else 400)
+    steps = args.steps or (3000 if device.startswith("cuda") else 1200)
     out = Path(args.out)
     print(f"== blipx demo: pretraining blip_mini on captioned shapes, {steps} steps x {args.batch_size} on {device}")
     t0 = time.perf_counter()

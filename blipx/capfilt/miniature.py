@@ -31,12 +31,11 @@ def _train(out: Path, **overrides) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="CapFilt in miniature on the synthetic shapes data")
     ap.add_argument("--out", default="runs/capfilt-mini")
-    ap.add_argument("--model", default="blip_mini")
     ap.add_argument("--noisy", type=int, default=3000, help="noisy web pairs")
     ap.add_argument("--clean", type=int, default=600, help="clean human-annotated pairs")
     ap.add_argument("--noise", type=float, default=0.3)
-    ap.add_argument("--steps", type=int, default=600, help="pretraining steps (each of A and B)")
-    ap.add_argument("--finetune-steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=1000, help="pretraining steps (each of A and B)")
+    ap.add_argument("--finetune-steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval-samples", type=int, default=300)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -44,19 +43,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from blipx.capfilt import CapFilt, CapFiltSettings, merge_and_report
     from blipx.data import ShapesDataset
+    from blipx.demo import SHAPES_DATA, SHAPES_RECIPE
     from blipx.models import BlipCaptioner, BlipRetriever, get_config
     from blipx.models.downstream import load_model_as
 
     out = Path(args.out)
-    size = get_config(args.model).vision.image_size
+    size = get_config(SHAPES_RECIPE["model"]).vision.image_size
     data = out / "data"
-    noisy = ShapesDataset("train", num_samples=args.noisy, image_size=size, noise=args.noise).export(data)
-    clean = ShapesDataset("val", num_samples=args.clean, image_size=size, noise=0.0).export(data)
-    common = dict(model=args.model, batch_size=args.batch_size, image_root=str(data), device=args.device,
-                  queue_size=1024, lr=3e-4, warmup_steps=50, log_every=50, flip="swap", epochs=1000)
+    noisy = ShapesDataset("train", num_samples=args.noisy, image_size=size, noise=args.noise, **SHAPES_DATA).export(data)
+    clean = ShapesDataset("val", num_samples=args.clean, image_size=size, **SHAPES_DATA).export(data)
+    # The demo's recipe (A and B alike), on the exported JSONL instead of the built-in dataset.
+    common = dict(SHAPES_RECIPE, batch_size=args.batch_size, image_root=str(data), device=args.device,
+                  warmup_steps=40, log_every=100, epochs=1000)
 
     model_a = _train(out / "pretrain_noisy", task="blip_pretrain", data=str(noisy), max_steps=args.steps, **common)
-    ft = dict(common, lr=1e-4, warmup_steps=0, max_steps=args.finetune_steps, data=str(clean), init=str(model_a))
+    ft = dict(common, lr=2e-4, warmup_steps=0, max_steps=args.finetune_steps, data=str(clean), init=str(model_a),
+              itm_hardness_warmup_steps=0)
     captioner = _train(out / "captioner", task="blip_caption", **ft)
     filt = _train(out / "filter", task="blip_retrieval", **ft)
 
@@ -73,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"capfilt": report}
     for name, path in (("A: noisy", model_a), ("B: bootstrapped", model_b)):
-        metrics, _ = shapes_retrieval(path, args.eval_samples, args.device)
-        acc = shapes_caption_accuracy(path, args.eval_samples, args.device, {"greedy": {}})["greedy"]["accuracy"]
+        n_obj = SHAPES_DATA["max_objects"]
+        metrics, _ = shapes_retrieval(path, args.eval_samples, args.device, max_objects=n_obj)
+        acc = shapes_caption_accuracy(path, args.eval_samples, args.device, {"greedy": {}}, max_objects=n_obj)
+        acc = acc["greedy"]["accuracy"]
         results[name] = {"txt_r1": metrics["txt_r1"], "img_r1": metrics["img_r1"], "caption_accuracy": acc}
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(json.dumps(results, indent=1))

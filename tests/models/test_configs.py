@@ -85,8 +85,9 @@ def test_initializer_range_sets_the_fresh_init():
         w = model.text_decoder.bert.embeddings.word_embeddings.weight
         # Tied to the LM head's Linear, so truncated at 2 std as well: ~0.88 of the nominal std.
         assert 0.8 * std < float(w.std()) < std, (name, float(w.std()))
-        q = model.visual_encoder.blocks[0].attn.qkv.weight  # truncated at 2 std: ~0.88 of the nominal std
-        assert 0.8 * std < float(q.std()) < std
+        vit = model.visual_encoder  # truncated at 2 std: ~0.88 of the nominal std
+        for w in (vit.blocks[0].attn.qkv.weight, vit.pos_embed):
+            assert 0.8 * std < float(w.std()) < std, (name, float(w.std()))
     # A momentum copy starts equal to its online module after the re-init.
     m = create_model("blip_mini", "pretrain")
     assert torch.equal(m.text_proj.weight, m.text_proj_m.weight)
