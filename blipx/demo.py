@@ -1,7 +1,7 @@
 """``blipx demo``: the whole product in minutes on any machine.
 
-Pretrains a small BLIP (``blip_mini``) on the built-in captioned-shapes data, then on held-out
-scenes: retrieval R@1 (ITC top-k re-ranked by ITM; a hit = the retrieved caption describes the
+Pretrains a small BLIP (``blip_mini``) on the built-in captioned-shapes data (one shape per
+scene: ``SHAPES_DATA``), then on held-out scenes: retrieval R@1 (ITC top-k re-ranked by ITM; a hit = the retrieved caption describes the
 query image), caption attribute accuracy (the caption names exactly the scene's shapes and
 colours) with beam search and with nucleus sampling, each beside chance; prints a summary and
 writes it as JSON.
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "device": device, "steps": steps, "train_seconds": round(train_s, 1),
         "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
-        "heldout_scenes": args.eval_samples,
+        "heldout_scenes": args.eval_samples, "shapes_per_scene_max": n_obj,
         "retrieval": {k: metrics[k] for k in ("txt_r1", "img_r1", "txt_r5", "img_r5")},
         "retrieval_chance": {k: chance[k] for k in ("txt_r1", "img_r1", "txt_r5", "img_r5")},
         "caption_accuracy": {k: v["accuracy"] for k, v in captions.items()},

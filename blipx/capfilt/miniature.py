@@ -2,7 +2,7 @@
 
 1. Data: a noisy "web" set (``noise`` of its captions replaced by wrong ones) and a small clean
    "human-annotated" set (the paper's COCO), exported as PNG + JSONL.
-2. Pretrain model A on the noisy set.
+2. Pretrain model A on the noisy set + the clean set.
 3. From A, fine-tune a captioner (LM) and a filter (ITC + ITM) on the clean set.
 4. CapFilt the noisy set: one nucleus-sampled caption per image, keep web and synthetic captions
    with ITM match probability >= 0.5.
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from blipx.models.downstream import load_model_as
 
     out = Path(args.out)
+    if out.exists() and any(out.iterdir()):  # stale models or CapFilt chunks would leak into this run
+        ap.error(f"--out {out} is not empty; choose a new folder")
     size = get_config(SHAPES_RECIPE["model"]).vision.image_size
     data = out / "data"
     noisy = ShapesDataset("train", num_samples=args.noisy, image_size=size, noise=args.noise, **SHAPES_DATA).export(data)
@@ -56,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(SHAPES_RECIPE, batch_size=args.batch_size, image_root=str(data), device=args.device,
                   warmup_steps=40, log_every=100, epochs=1000)
 
-    model_a = _train(out / "pretrain_noisy", task="blip_pretrain", data=str(noisy), max_steps=args.steps, **common)
+    # A sees the same clean pairs as B (the paper's baseline: human-annotated + web, unfiltered).
+    model_a = _train(out / "pretrain_noisy", task="blip_pretrain", data=f"{noisy},{clean}", max_steps=args.steps,
+                     **common)
     ft = dict(common, lr=2e-4, warmup_steps=0, max_steps=args.finetune_steps, data=str(clean), init=str(model_a),
               itm_hardness_warmup_steps=0)
     captioner = _train(out / "captioner", task="blip_caption", **ft)

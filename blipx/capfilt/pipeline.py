@@ -146,12 +146,31 @@ class CapFilt:
                 rows.append(row)
         return rows
 
+    def _claim(self, out: Path, annotations) -> None:
+        """Record this run's settings and source in ``settings.json``; a folder holding another
+        run's chunks is refused, since resuming would silently mix the two runs' outputs."""
+        from blipx.weights.io import atomic_write
+
+        src = [str(annotations)] if isinstance(annotations, (str, os.PathLike)) else None
+        if src is not None and os.path.isfile(src[0]):
+            src.append(os.path.getsize(src[0]))  # a re-exported, different file at the same path
+        run = {**vars(self.s), "source": src}
+        path = out / "settings.json"
+        if path.is_file():
+            before = json.loads(path.read_text(encoding="utf-8"))
+            if before != run:
+                diff = sorted(k for k in set(before) | set(run) if before.get(k) != run.get(k))
+                raise ValueError(f"CapFilt out_dir {str(out)!r} holds another run's chunks (differs in {diff}); "
+                                 "use a new out_dir, or delete it to start over")
+            return
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1), encoding="utf-8"))
+
     def run(self, annotations: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
             rank: int = 0, world: int = 1, progress: bool = True) -> int:
         """Process this rank's chunks that are not on disk yet; returns how many were written."""
         out = Path(out_dir)
         (out / "chunks").mkdir(parents=True, exist_ok=True)
-        (out / "settings.json").write_text(json.dumps(vars(self.s), indent=1), encoding="utf-8")
+        self._claim(out, annotations)
         bar = None
         if progress and rank == 0:
             from tqdm import tqdm

@@ -107,3 +107,17 @@ def test_two_ranks_split_the_chunks(models, source, tmp_path):
     assert cf.run(source[1], source[0], tmp_path, rank=0, world=2, progress=False) == 2  # chunks 0, 2
     assert cf.run(source[1], source[0], tmp_path, rank=1, world=2, progress=False) == 2  # chunks 1, 3
     assert sorted(os.listdir(tmp_path / "chunks")) == [f"chunk-{c:06d}.jsonl" for c in range(4)]
+
+
+def test_a_folder_of_another_run_is_refused(models, source, tmp_path):
+    """Resuming into a folder written with other settings or another source would mix two runs'
+    chunks; it is an error naming what differs. The same run resumes as before."""
+    run(models, source, tmp_path)
+    run(models, source, tmp_path)  # same run: resumes (nothing left to do)
+    with pytest.raises(ValueError, match="num_captions"):
+        cf = CapFilt(*models, CapFiltSettings(num_captions=K + 1, chunk_size=3, batch_size=2))
+        cf.run(source[1], source[0], tmp_path, progress=False)
+    other = tmp_path.parent / f"{tmp_path.name}-other.jsonl"
+    other.write_text("".join(line for line in open(source[1], encoding="utf-8").readlines()[:3]))
+    with pytest.raises(ValueError, match="source"):
+        run(models, (source[0], other), tmp_path)
