@@ -1,10 +1,10 @@
 """``blipx demo``: the whole product in minutes on any machine.
 
 Pretrains a small BLIP (``blip_mini``) on the built-in captioned-shapes data (one shape per
-scene: ``SHAPES_DATA``), then on held-out scenes: retrieval R@1 (ITC top-k re-ranked by ITM; a hit = the retrieved caption describes the
-query image), caption attribute accuracy (the caption names exactly the scene's shapes and
-colours) with beam search and with nucleus sampling, each beside chance; prints a summary and
-writes it as JSON.
+scene: ``SHAPES_DATA``), then on held-out scenes: retrieval R@1 (ITC top-k re-ranked by ITM; a
+hit = the retrieved caption describes the query image), caption attribute accuracy (the caption
+names exactly the scene's shapes and colours) with beam search and with nucleus sampling, each
+beside chance; prints a summary and writes it as JSON.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(defaults=dict(
         SHAPES_RECIPE, task="blip_pretrain", data="shapes", out_dir=str(out), device=device, max_steps=steps,
         batch_size=args.batch_size, warmup_steps=min(40, steps // 10), log_every=max(1, steps // 10), epochs=1000,
-        seed=0, amp="bf16" if device.startswith("cuda") else "none", data_options={"num_samples": 10000, **SHAPES_DATA}))
+        seed=0, amp="bf16" if device.startswith("cuda") else "none",
+        data_options={"num_samples": 10000, **SHAPES_DATA}))
     history = run_training(cfg, progress=True)
     train_s = time.perf_counter() - t0
     model_dir = out / "model"

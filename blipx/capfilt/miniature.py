@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--out {out} is not empty; choose a new folder")
     size = get_config(SHAPES_RECIPE["model"]).vision.image_size
     data = out / "data"
-    noisy = ShapesDataset("train", num_samples=args.noisy, image_size=size, noise=args.noise, **SHAPES_DATA).export(data)
+    noisy = ShapesDataset("train", num_samples=args.noisy, image_size=size, noise=args.noise, **SHAPES_DATA)
+    noisy = noisy.export(data)
     clean = ShapesDataset("val", num_samples=args.clean, image_size=size, **SHAPES_DATA).export(data)
     # The demo's recipe (A and B alike), on the exported JSONL instead of the built-in dataset.
     common = dict(SHAPES_RECIPE, batch_size=args.batch_size, image_root=str(data), device=args.device,

@@ -107,7 +107,8 @@ def beam_search(dec: CachedDecoder, prompt: torch.Tensor, s: GenerationSettings)
             break
         if n_alive < n and n_alive <= s.compact * n:
             out_seqs[img], out_len[img] = fin_seqs, fin_len
-            live = alive.nonzero().view(-1)  # a second sync, at most log2(B) times per call
+            # A second sync, rare: at compact <= 0.5 each one at least halves the batch.
+            live = alive.nonzero().view(-1)
             seqs, run_scores, src_beam, fin_seqs, fin_scores, fin_len, is_fin, may_improve, img = (
                 t.index_select(0, live)
                 for t in (seqs, run_scores, src_beam, fin_seqs, fin_scores, fin_len, is_fin, may_improve, img)

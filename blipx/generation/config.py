@@ -60,7 +60,8 @@ def resolve(
 
     ``compact`` (blipx's own): once the images whose captions are all finished leave at most
     this fraction of the running images, drop them from the decoder (their rows stop costing
-    compute; the results are unchanged). Shapes shrink at most log2(B) times; 0 never compacts.
+    compute; the results are unchanged). At compact <= 0.5, shapes shrink at most log2(B)
+    times; 0 never compacts.
     """
     if max_new_tokens is not None:
         max_length = max_new_tokens + prompt_len  # max_new_tokens wins over max_length, as in HF

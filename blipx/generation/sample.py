@@ -56,7 +56,8 @@ def greedy_or_sample(
         if n_alive == 0:
             break
         if n_alive < dec.images and n_alive <= s.compact * dec.images:
-            keep = alive.nonzero().view(-1)  # a second sync, at most log2(B) times per call
+            # A second sync, rare: at compact <= 0.5 each one at least halves the batch.
+            keep = alive.nonzero().view(-1)
             keep_rows = (keep[:, None] * g + torch.arange(g, device=keep.device)).view(-1)
             if rows is not None:
                 out[rows] = seqs
