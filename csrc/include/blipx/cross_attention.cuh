@@ -91,6 +91,25 @@ __device__ __forceinline__ void load_tile(float (*dst)[kD], const T* base, const
   }
 }
 
+// A query row's forward epilogue, shared by both forward kernels: out = acc / sum (zeros when
+// every key was masked, sum == 0) and lse = ln(sum) + max (-inf then). ``m2`` is the row max in
+// log2 units, as the kernels keep it.
+template <typename T, int kPer>
+__device__ __forceinline__ void store_row(const CrossAttnParams& p, int b, int g, int h, int l, int lane,
+                                          const float (&acc)[kPer], float sum, float m2) {
+  const bool empty = sum == 0.0f;
+  const float inv = empty ? 0.0f : 1.0f / sum;
+  T* out = static_cast<T*>(p.out);
+  const int64_t n = static_cast<int64_t>(b) * p.groups + g;
+  const int64_t ooff = p.so.at(n, h, l);
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int c = i * kRowThreads + lane;
+    if (c < p.head_dim) out[ooff + c] = from_float<T>(acc[i] * inv);
+  }
+  if (lane == 0) p.lse[(n * p.heads + h) * p.q_len + l] = empty ? -INFINITY : (m2 + log2f(sum)) * kLn2;
+}
+
 template <typename T, int kD>
 __global__ void __launch_bounds__(kAttnThreads) cross_attn_fwd_kernel(CrossAttnParams p) {
   constexpr int kPer = kD / kRowThreads;
@@ -155,21 +174,7 @@ __global__ void __launch_bounds__(kAttnThreads) cross_attn_fwd_kernel(CrossAttnP
         m = m_new;
       }
     }
-    if (valid) {
-      const bool empty = lsum == 0.0f;  // all keys masked: zeros, lse = -inf
-      const float inv = empty ? 0.0f : 1.0f / lsum;
-      T* out = static_cast<T*>(p.out);
-      const int64_t ooff = p.so.at(static_cast<int64_t>(b) * p.groups + g, h, l);
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        const int c = i * kRowThreads + lane;
-        if (c < p.head_dim) out[ooff + c] = from_float<T>(acc[i] * inv);
-      }
-      if (lane == 0) {
-        const int64_t row = (static_cast<int64_t>(b) * p.groups + g) * p.heads + h;
-        p.lse[row * p.q_len + l] = empty ? -INFINITY : (m + log2f(lsum)) * kLn2;
-      }
-    }
+    if (valid) store_row<T>(p, b, g, h, l, lane, acc, lsum, m);
   }
 }
 
@@ -420,19 +425,7 @@ __global__ void __launch_bounds__(kAttnThreads) cross_attn_fwd_small_kernel(Cros
       for (int i = 0; i < kPer; ++i) o[i] = fmaf(accs[t * R + rl][i * kRowThreads + lane], w, o[i]);
     }
   }
-  const bool empty = total == 0.0f;
-  const float inv = empty ? 0.0f : 1.0f / total;
-  T* out = static_cast<T*>(p.out);
-  const int64_t ooff = p.so.at(static_cast<int64_t>(b) * p.groups + g, h, l);
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int c = i * kRowThreads + lane;
-    if (c < p.head_dim) out[ooff + c] = from_float<T>(o[i] * inv);
-  }
-  if (lane == 0) {
-    const int64_t row = (static_cast<int64_t>(b) * p.groups + g) * p.heads + h;
-    p.lse[row * p.q_len + l] = empty ? -INFINITY : (mmax + log2f(total)) * kLn2;
-  }
+  store_row<T>(p, b, g, h, l, lane, o, total, mmax);
 }
 
 // Host-side launchers (current stream passed in); return the launch error.
