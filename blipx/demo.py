@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--json", default=None, help="summary JSON path (default: <out>/demo_summary.json)")
-    ap.add_argument("--steps", type=int, default=None, help="default: 1200 on CPU, 3000 on GPU")
+    ap.add_argument("--steps", type=int, default=None, help="default: 1000 on CPU, 3000 on GPU")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval-samples", type=int, default=200)
     args = ap.parse_args(argv)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from blipx.train.run import run_training
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    steps = args.steps or (3000 if device.startswith("cuda") else 1200)
+    steps = args.steps or (3000 if device.startswith("cuda") else 1000)
     out = Path(args.out)
     print(f"== blipx demo: pretraining blip_mini on captioned shapes, {steps} steps x {args.batch_size} on {device}")
     t0 = time.perf_counter()

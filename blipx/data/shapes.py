@@ -38,7 +38,11 @@ COLORS = {
     "orange": (250, 130, 10),
 }
 BACKGROUND = (128, 128, 128)
-SIZES = {"small": 0.45, "large": 0.9}  # shape extent as a fraction of its grid cell
+# Shape extent as a fraction of its grid cell. At the demo's 48 px a cell is 16 px: "small" at
+# 0.45 left ~7 px shapes that a patch-8 ViT told apart (triangle vs diamond) only 77 % of the time
+# after 800 supervised steps; at 0.6 (~9 px) it reached 94 %.
+SIZES = {"small": 0.6, "large": 0.9}
+SUPERSAMPLE = 4  # draw at 4x and box-downsample: anti-aliased edges carry sub-pixel shape cues
 # 3x3 grid cells (row, col) -> the phrase that names them.
 POSITIONS = {
     (0, 0): "at the top left", (0, 1): "at the top", (0, 2): "at the top right",
@@ -106,11 +110,11 @@ def caption_match_matrix(
 
 
 def draw_scene(objects: Sequence[dict[str, Any]], image_size: int, rng: random.Random) -> Image.Image:
-    """Render objects without anti-aliasing, so each shape's centre pixel (recorded in
-    ``o["center"]`` as (x, y)) is exactly its colour."""
-    img = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    """Render objects, anti-aliased by supersampling (edges blend with the background; each
+    shape's centre pixel, recorded in ``o["center"]`` as (x, y), is still exactly its colour)."""
+    img = Image.new("RGB", (image_size * SUPERSAMPLE, image_size * SUPERSAMPLE), BACKGROUND)
     draw = ImageDraw.Draw(img)
-    cell = image_size / 3
+    cell = image_size * SUPERSAMPLE / 3
     for o in objects:
         extent = SIZES[o["size"]] * cell * rng.uniform(0.9, 1.0)
         slack = (cell - extent) / 2  # jitter the centre without leaving the cell
@@ -127,8 +131,8 @@ def draw_scene(objects: Sequence[dict[str, Any]], image_size: int, rng: random.R
             draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
         else:  # diamond
             draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
-        o["center"] = (int(cx), int(cy))
-    return img
+        o["center"] = (int(cx) // SUPERSAMPLE, int(cy) // SUPERSAMPLE)
+    return img.resize((image_size, image_size), Image.Resampling.BOX) if SUPERSAMPLE > 1 else img
 
 
 def _content(objects: Sequence[dict[str, Any]]) -> Counter:

@@ -19,6 +19,9 @@ class VisionConfig:
     drop_path: float = 0.0
     # Checkpoint the last N blocks when training (BLIP's ``vit_ckpt_layer``); 0 disables.
     grad_ckpt_layers: int = 0
+    # Std of the fresh position embedding / [CLS] token; None = the model's initializer_range.
+    # A from-scratch ViT needs it near the patch features' scale (blip_mini: 0.5, see init.py).
+    pos_embed_init_std: float | None = None
 
 
 @dataclass

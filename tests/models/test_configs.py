@@ -74,20 +74,23 @@ def test_retriever_momentum_copies_are_optional_and_frozen():
 
 def test_initializer_range_sets_the_fresh_init():
     """``initializer_range`` (HF's name) is the std of fresh Linear/Embedding weights: 0.02 by
-    default, 0.1 for blip_mini (narrow, trained from scratch by the demo)."""
+    default, 0.1 for blip_mini (narrow, trained from scratch by the demo); the ViT position
+    embedding takes the vision config's ``pos_embed_init_std`` where set (blip_mini: 0.5)."""
     import torch
 
     from blipx.models import create_model, get_config
 
     assert get_config("blip_tiny").initializer_range == 0.02
-    for name, std in (("blip_tiny", 0.02), ("blip_mini", 0.1)):
+    assert get_config("blip_tiny").vision.pos_embed_init_std is None
+    for name, std, pos_std in (("blip_tiny", 0.02, 0.02), ("blip_mini", 0.1, 0.5)):
         model = create_model(name, "captioner")
         w = model.text_decoder.bert.embeddings.word_embeddings.weight
         # Tied to the LM head's Linear, so truncated at 2 std as well: ~0.88 of the nominal std.
         assert 0.8 * std < float(w.std()) < std, (name, float(w.std()))
         vit = model.visual_encoder  # truncated at 2 std: ~0.88 of the nominal std
-        for w in (vit.blocks[0].attn.qkv.weight, vit.pos_embed):
-            assert 0.8 * std < float(w.std()) < std, (name, float(w.std()))
+        w = vit.blocks[0].attn.qkv.weight
+        assert 0.8 * std < float(w.std()) < std, (name, float(w.std()))
+        assert 0.75 * pos_std < float(vit.pos_embed.std()) < pos_std, (name, float(vit.pos_embed.std()))
     # A momentum copy starts equal to its online module after the re-init.
     m = create_model("blip_mini", "pretrain")
     assert torch.equal(m.text_proj.weight, m.text_proj_m.weight)
