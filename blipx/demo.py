@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="default: 1000 (what the README numbers used)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval-samples", type=int, default=200)
+    ap.add_argument("--max-objects", type=int, default=SHAPES_DATA["max_objects"],
+                    help="shapes per scene, 1..N (default 1; 3 is much harder: see the README)")
     args = ap.parse_args(argv)
 
     from blipx.train.config import load_config
@@ -102,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         # fp32 everywhere: the recipe was measured in fp32, and an 8.5 M-parameter model is bound by
         # kernel launches on a GPU, where bf16 would buy little.
         seed=0, amp="none",
-        data_options={"num_samples": 10000, **SHAPES_DATA}))
+        data_options={"num_samples": 10000, **SHAPES_DATA, "max_objects": args.max_objects}))
     history = run_training(cfg, progress=True)
     train_s = time.perf_counter() - t0
     model_dir = out / "model"
-    n_obj = SHAPES_DATA["max_objects"]
+    n_obj = args.max_objects
     metrics, chance = shapes_retrieval(model_dir, args.eval_samples, device, max_objects=n_obj)
     captions = shapes_caption_accuracy(model_dir, args.eval_samples, device, max_objects=n_obj)
     summary = {

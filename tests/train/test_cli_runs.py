@@ -49,9 +49,10 @@ def test_finetune_retrieval_from_the_pretrained_model(pretrained, tmp_path):
 def test_demo_runs_end_to_end(tmp_path, capsys):
     summary = tmp_path / "summary.json"
     assert main(["demo", "--out", str(tmp_path / "run"), "--device", "cpu", "--steps", "2", "--batch-size", "4",
-                 "--eval-samples", "8", "--json", str(summary)]) == 0
+                 "--eval-samples", "8", "--json", str(summary), "--max-objects", "2"]) == 0
     data = json.loads(summary.read_text())
     assert data["steps"] == 2 and set(data["caption_accuracy"]) == {"beam3", "nucleus0.9"}
+    assert data["shapes_per_scene_max"] == 2
     assert 0 <= data["retrieval"]["txt_r1"] <= 100 and data["retrieval_chance"]["txt_r1"] > 0
     out = capsys.readouterr().out
     assert "chance" in out and f"summary written to {summary}" in out
