@@ -43,6 +43,7 @@ for b in ema hard_negatives decode cross_attention captioning capfilt train; do
   timeout 150 $PY -m blipx bench $b --out "$LOG/bench.jsonl" || { echo "bench $b failed or timed out"; status=1; }
 done
 step "demo on the GPU (1000 steps, fp32: the recipe measured on CPU)"
+rm -rf "${TMPDIR:-/tmp}/blipx-demo"
 timeout 240 $PY -m blipx demo --device cuda --out "${TMPDIR:-/tmp}/blipx-demo" --json "$LOG/demo_summary.json" 2>&1 | tr '\r' '\n' | grep -v "it/s" | tail -12
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "demo failed or timed out"; status=1; }
 
