@@ -108,6 +108,21 @@ class Trainer:
             state = ckpt.load_checkpoint(path, task=self.task, optimizer=self.optimizer, scheduler=self.scheduler)
             self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
             self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+        if self.dist.is_main:
+            self._trim_metrics(self.step)
+
+    def _trim_metrics(self, upto: int) -> None:
+        """metrics.jsonl keeps only rows up to the step this run starts from: a fresh run into a
+        used folder starts an empty log, a resumed one drops rows logged after its checkpoint,
+        so the log (and the loss plot) never mixes runs or repeats steps."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= upto] if upto > 0 else []
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(path)
 
     def _autocast(self):
         if self.cfg.amp == "none":

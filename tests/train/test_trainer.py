@@ -44,6 +44,15 @@ def test_resume_is_bit_exact(tmp_path):
         sa, sb = full.optimizer.state[pa], second.optimizer.state[pb]
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert full.scheduler.get_last_lr() == second.scheduler.get_last_lr()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]  # the resumed run continues the log, no step twice
+
+
+def test_fresh_run_into_a_used_folder_starts_a_new_log(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 7, "loss": 8.0}\n')
+    make_trainer(tmp_path, max_steps=2).fit(progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["loss"] != 9.0
 
 
 def test_checkpoint_files_and_logs(tmp_path):
