@@ -108,13 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     history = run_training(cfg, progress=True)
     train_s = time.perf_counter() - t0
     model_dir = out / "model"
-    n_obj = args.max_objects
-    metrics, chance = shapes_retrieval(model_dir, args.eval_samples, device, max_objects=n_obj)
-    captions = shapes_caption_accuracy(model_dir, args.eval_samples, device, max_objects=n_obj)
+    metrics, chance = shapes_retrieval(model_dir, args.eval_samples, device, max_objects=args.max_objects)
+    captions = shapes_caption_accuracy(model_dir, args.eval_samples, device, max_objects=args.max_objects)
     summary = {
         "device": device, "steps": steps, "train_seconds": round(train_s, 1),
         "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
-        "heldout_scenes": args.eval_samples, "shapes_per_scene_max": n_obj,
+        "heldout_scenes": args.eval_samples, "shapes_per_scene_max": args.max_objects,
         "retrieval": {k: metrics[k] for k in ("txt_r1", "img_r1", "txt_r5", "img_r5")},
         "retrieval_chance": {k: chance[k] for k in ("txt_r1", "img_r1", "txt_r5", "img_r5")},
         "caption_accuracy": {k: v["accuracy"] for k, v in captions.items()},

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from blipx.demo import shapes_caption_accuracy, shapes_retrieval
 
     results = {"capfilt": report}
+    n_obj = SHAPES_DATA["max_objects"]
     for name, path in (("A: noisy", model_a), ("B: bootstrapped", model_b)):
-        n_obj = SHAPES_DATA["max_objects"]
         metrics, _ = shapes_retrieval(path, args.eval_samples, args.device, max_objects=n_obj)
         acc = shapes_caption_accuracy(path, args.eval_samples, args.device, {"greedy": {}}, max_objects=n_obj)
         acc = acc["greedy"]["accuracy"]

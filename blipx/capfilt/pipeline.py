@@ -149,7 +149,7 @@ class CapFilt:
     def _claim(self, out: Path, annotations) -> None:
         """Record this run's settings and source in ``settings.json``; a folder holding another
         run's chunks is refused, since resuming would silently mix the two runs' outputs."""
-        from blipx.weights.io import atomic_write
+        from blipx.weights.io import write_json
 
         src = [str(annotations)] if isinstance(annotations, (str, os.PathLike)) else None
         if src is not None and os.path.isfile(src[0]):
@@ -163,7 +163,7 @@ class CapFilt:
                 raise ValueError(f"CapFilt out_dir {str(out)!r} holds another run's chunks (differs in {diff}); "
                                  "use a new out_dir, or delete it to start over")
             return
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1), encoding="utf-8"))
+        write_json(path, run)
 
     def run(self, annotations: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
             rank: int = 0, world: int = 1, progress: bool = True) -> int:

@@ -126,10 +126,11 @@ class CachedDecoder:
     def reorder_(self, rows: torch.Tensor) -> None:
         self.cache.reorder_(rows)
 
-    def keep_images_(self, images: torch.Tensor) -> None:
+    def keep_images_(self, images: torch.Tensor) -> torch.Tensor:
         """Drop every image not in ``images`` (int64 [B'], ascending local indices) with all of its
         G rows: finished captions stop costing compute. Shapes shrink, so a compiled or captured
-        step sees a new shape; callers compact rarely (when at most half the images remain)."""
+        step sees a new shape; callers compact rarely (when at most half the images remain).
+        Returns the kept rows (int64 [B' * G], local indices before the drop)."""
         g = self.rows // self.images
         rows = (images[:, None] * g + torch.arange(g, device=images.device)).view(-1)
         self.cross_kv = [None if kv is None else (kv[0].index_select(0, images), kv[1].index_select(0, images))
@@ -138,3 +139,4 @@ class CachedDecoder:
             self.cross_mask = self.cross_mask.index_select(0, images)
         self.cache.kv = self.cache.kv.index_select(2, rows)
         self.rows, self.images = rows.numel(), images.numel()
+        return rows

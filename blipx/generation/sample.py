@@ -57,13 +57,11 @@ def greedy_or_sample(
             break
         if n_alive < dec.images and n_alive <= s.compact * dec.images:
             # A second sync, rare: at compact <= 0.5 each one at least halves the batch.
-            keep = alive.nonzero().view(-1)
-            keep_rows = (keep[:, None] * g + torch.arange(g, device=keep.device)).view(-1)
+            keep_rows = dec.keep_images_(alive.nonzero().view(-1))
             if rows is not None:
                 out[rows] = seqs
             rows = keep_rows if rows is None else rows[keep_rows]
             seqs, unfinished, nxt = out[rows], unfinished[keep_rows], nxt[keep_rows]
-            dec.keep_images_(keep)
         logits = dec.step(nxt)
     if rows is not None:
         out[rows] = seqs

@@ -24,6 +24,7 @@ from blipx.train import checkpoint as ckpt
 from blipx.train.config import TrainConfig
 from blipx.train.distributed import DistInfo
 from blipx.train.optim import build_optimizer, build_scheduler
+from blipx.weights.io import atomic_write
 
 # Dense bf16 tensor-core peaks for MFU (datasheet, FLOP/s).
 _PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40": 181e12}
@@ -120,9 +121,7 @@ class Trainer:
             return
         rows = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= upto] if upto > 0 else []
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(r + "\n" for r in rows), encoding="utf-8"))
 
     def _autocast(self):
         if self.cfg.amp == "none":
