@@ -1,7 +1,7 @@
 """Text-to-image cross-attention: blipx.ops.cross_attention vs SDPA (default and each backend) and
 the eager matmul-softmax-matmul formulation, forward and forward+backward.
 
-Shapes (issue 6): BLIP training B=64, H=12, Lq=35, Lk=577, D=64 in bf16 on a GPU (fp32 and B=8
+Shapes: BLIP training B=64, H=12, Lq=35, Lk=577, D=64 in bf16 on a GPU (fp32 and B=8
 on the CPU), and the decode shape: 32 images x 3 beams, Lq=1. For the decode shape SDPA gets K/V
 already expanded per beam (what a repeat_interleave'd cache holds; the expansion is not timed)
 and, as a second baseline, the beams packed into the query length of one K/V row. No key mask

@@ -89,15 +89,16 @@ def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], lis
         return step
 
     task = CaptionTask(ours, prompt_length=0)
+    batch_in = {"pixel_values": px, "input_ids": ids, "attention_mask": mask}
     hf_ids = ids.clone()
     hf_ids[:, 0] = 30522
     steps = {
         ("caption", "hf"): stepper(hf, lambda: hf(pixel_values=px, input_ids=hf_ids, attention_mask=mask, labels=hf_ids).loss),
-        ("caption", "blipx"): stepper(ours, lambda: task(px, ids, mask)["loss"]),
+        ("caption", "blipx"): stepper(ours, lambda: task(batch_in)["loss"]),
     }
     pre = BlipPretrainer(ours.config.with_overrides()).to(dev).train()
     pre_task = BlipPretrainTask(pre, queue_size=4 * batch)
-    steps[("pretrain", "blipx")] = stepper(pre_task, lambda: pre_task(px, ids, mask)["loss"])
+    steps[("pretrain", "blipx")] = stepper(pre_task, lambda: pre_task(batch_in)["loss"])
     flops = {"caption": caption_step_flops(ours.config, batch, text_len),
              "pretrain": pretrain_step_flops(ours.config, batch, text_len)}
     peak = next((v for k, v in PEAK_BF16.items() if dev.type == "cuda" and k in torch.cuda.get_device_name(dev)), None)

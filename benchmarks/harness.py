@@ -1,8 +1,10 @@
 """Shared timing harness for blipx benchmarks.
 
 ``time_fn`` times a callable with CUDA events on a GPU (wall clock on the CPU) after warm-up and
-returns the median and spread; ``Recorder`` collects result rows (with device name, torch
-version and git sha) and appends them as JSON lines; ``print_table`` prints them.
+returns the median and spread; ``time_providers`` times several callables into one row each;
+``syncs_host`` and ``host_ms_behind_busy_gpu`` show whether a call stalls the host on a GPU;
+``Recorder`` collects result rows (with device name, torch version and git sha) and appends them
+as JSON lines; ``print_table`` prints them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,66 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
     times.sort()
     q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
     return {"ms": statistics.median(times), "p20_ms": q[0], "p80_ms": q[3], "n": len(times)}
+
+
+def time_providers(rec: Recorder, providers: dict[str, Callable[[], object]], device: torch.device, *,
+                   iters: int, baseline: str | None = None, **common) -> list[dict]:
+    """Time each provider (name -> callable) in turn and add one row each to ``rec``: ms, p20_ms,
+    p80_ms and, when ``baseline`` names one of them, ``speedup`` = baseline ms / this ms. The
+    ``common`` keys (shape, op, ...) go into every row. Returns the new rows."""
+    times = {name: time_fn(fn, device, iters=iters) for name, fn in providers.items()}
+    base = times[baseline]["ms"] if baseline in times else None
+    rows = []
+    for name, t in times.items():
+        extra = {"speedup": base / t["ms"]} if base is not None else {}
+        rows.append(rec.add(provider=name, **common, ms=t["ms"], p20_ms=t["p20_ms"], p80_ms=t["p80_ms"], **extra))
+    return rows
+
+
+def syncs_host(fn: Callable[[], object], device: torch.device) -> bool | None:
+    """Whether one call of ``fn`` makes a synchronizing CUDA call (``.item()``, ``int(t)``, a
+    blocking copy) that torch's sync debug mode sees; None off CUDA, where nothing is asynchronous."""
+    if device.type != "cuda":
+        return None
+    prev = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return False
+    except RuntimeError as exc:
+        if "synchroniz" not in str(exc):  # "called a synchronizing CUDA operation"; anything else is a failure
+            raise
+        return True
+    finally:
+        torch.cuda.set_sync_debug_mode(prev)
+        torch.cuda.synchronize(device)
+
+
+def host_ms_behind_busy_gpu(fn: Callable[[], object], device: torch.device, *, busy_ms: float = 1.0,
+                            warmup: int = 2, iters: int = 10) -> float | None:
+    """Median host wall time (ms) of one ``fn()`` issued while the GPU still runs ~``busy_ms`` of
+    earlier work, as in a training step. A call that reads a device value on the host waits for
+    that work (about ``busy_ms``); a sync-free one returns after its launches. None off CUDA."""
+    if device.type != "cuda":
+        return None
+    # torch.cuda._sleep spins for a number of GPU cycles: calibrate cycles per ms on this device.
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    probe = 1 << 20
+    a.record()
+    torch.cuda._sleep(probe)
+    b.record()
+    b.synchronize()
+    cycles = int(probe * busy_ms / max(a.elapsed_time(b), 1e-3))
+    times = []
+    for i in range(warmup + iters):
+        torch.cuda._sleep(cycles)
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append((t1 - t0) * 1e3)
+    return statistics.median(times)
 
 
 class Recorder:

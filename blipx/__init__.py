@@ -8,7 +8,17 @@ __version__ = "0.1.0"
 
 from blipx import _native  # noqa: F401,E402  (registers torch.ops.blipx.*)
 from blipx import ops  # noqa: E402
-from blipx.momentum import MomentumEMA  # noqa: E402
 from blipx import models  # noqa: E402
+
+
+def __getattr__(name: str):
+    # ``blipx.MomentumEMA`` is training state (blipx.train.momentum); resolved on first use so
+    # ``import blipx`` / ``import blipx.models`` never import blipx.train.
+    if name == "MomentumEMA":
+        from blipx.train.momentum import MomentumEMA
+
+        return MomentumEMA
+    raise AttributeError(f"module 'blipx' has no attribute {name!r}")
+
 
 __all__ = ["ops", "models", "MomentumEMA", "__version__"]

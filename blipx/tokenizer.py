@@ -1,7 +1,15 @@
-"""BERT uncased WordPiece tokenizers for ALBEF and BLIP, built offline from the shipped vocab.
+"""WordPiece tokenizers of ALBEF and BLIP, built offline from the shipped bert-base-uncased vocab.
 
-Needs ``transformers`` (fast tokenizer). BLIP adds ``[DEC]`` (bos, id 30522) and ``[ENC]``
-(id 30523) to the 30522-token BERT vocab, as ``salesforce/BLIP`` ``init_tokenizer`` does.
+Needs ``transformers`` (fast tokenizer). The special token ids are those of
+:class:`blipx.layers.configs.TextConfig` (defined there once); these builders check that the
+vocab gives the same ids.
+
+- BLIP (``blip_tokenizer``): ``[CLS] tokens [SEP]``, plus ``[DEC]`` (bos) and ``[ENC]`` added
+  after the 30522 BERT ids, as ``salesforce/BLIP`` ``init_tokenizer`` does.
+- ALBEF (``albef_tokenizer``): ``[CLS] tokens`` with **no trailing [SEP]**: ALBEF ships its own
+  ``models/tokenization_bert.py`` whose ``build_inputs_with_special_tokens`` returns
+  ``[cls] + token_ids_0``. With official ALBEF weights an added [SEP] moves ITC similarities by
+  about 1e-2, so every ALBEF path (training, evaluation, ``encode_for_retrieval``) uses this one.
 """
 
 from __future__ import annotations
@@ -10,9 +18,11 @@ import os
 from importlib import resources
 from pathlib import Path
 
-BERT_VOCAB_SIZE = 30522
+from blipx.layers.configs import TextConfig
+
+BERT_VOCAB_SIZE = 30522  # lines of the shipped vocab.txt
 DEC_TOKEN, ENC_TOKEN = "[DEC]", "[ENC]"
-DEC_TOKEN_ID, ENC_TOKEN_ID = 30522, 30523
+_IDS = TextConfig()  # the one definition of the special token ids
 
 
 def vocab_path() -> Path:
@@ -21,7 +31,7 @@ def vocab_path() -> Path:
 
 
 def bert_tokenizer(vocab_file: str | os.PathLike | None = None):
-    """ALBEF's tokenizer: bert-base-uncased (lower-casing, 30522 ids)."""
+    """Plain bert-base-uncased (lower-casing, 30522 ids, ``[CLS] ... [SEP]``): BLIP's base."""
     from transformers import BertTokenizerFast
 
     path = str(vocab_file or vocab_path())
@@ -30,17 +40,41 @@ def bert_tokenizer(vocab_file: str | os.PathLike | None = None):
     tok = BertTokenizerFast(vocab=path, do_lower_case=True)
     if len(tok) != BERT_VOCAB_SIZE:
         raise RuntimeError(f"tokenizer built from {path} has {len(tok)} tokens, expected {BERT_VOCAB_SIZE}")
+    got = (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id)
+    want = (_IDS.pad_token_id, _IDS.cls_token_id, _IDS.sep_token_id, _IDS.mask_token_id)
+    if got != want:
+        raise RuntimeError(f"[PAD]/[CLS]/[SEP]/[MASK] got ids {got} from {path}, expected {want}")
+    return tok
+
+
+def albef_tokenizer(vocab_file: str | os.PathLike | None = None):
+    """ALBEF's tokenizer: bert-base-uncased writing ``[CLS] tokens`` (no [SEP]; see the module doc)."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = bert_tokenizer(vocab_file)
+    # A text pair keeps ALBEF's rule too: [CLS] A B (its tokenizer concatenates with no [SEP]).
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A", pair="[CLS] $A $B:1", special_tokens=[("[CLS]", _IDS.cls_token_id)])
     return tok
 
 
 def blip_tokenizer(vocab_file: str | os.PathLike | None = None):
-    """BLIP's tokenizer: bert-base-uncased + ``[DEC]`` as bos (30522) + ``[ENC]`` (30523)."""
+    """BLIP's tokenizer: bert-base-uncased + ``[DEC]`` as bos + ``[ENC]``."""
     from transformers import AddedToken
 
     tok = bert_tokenizer(vocab_file)
     tok.add_special_tokens({"bos_token": DEC_TOKEN})
     tok.add_tokens([AddedToken(ENC_TOKEN, special=True, normalized=False)], special_tokens=True)
     got = (tok.convert_tokens_to_ids(DEC_TOKEN), tok.convert_tokens_to_ids(ENC_TOKEN))
-    if got != (DEC_TOKEN_ID, ENC_TOKEN_ID):
-        raise RuntimeError(f"[DEC]/[ENC] got ids {got}, expected {(DEC_TOKEN_ID, ENC_TOKEN_ID)}")
+    if got != (_IDS.bos_token_id, _IDS.enc_token_id):
+        raise RuntimeError(f"[DEC]/[ENC] got ids {got}, expected {(_IDS.bos_token_id, _IDS.enc_token_id)}")
     return tok
+
+
+def tokenizer_for(family: str, vocab_file: str | os.PathLike | None = None):
+    """The tokenizer of a model family: "blip" or "albef"."""
+    if family == "blip":
+        return blip_tokenizer(vocab_file)
+    if family == "albef":
+        return albef_tokenizer(vocab_file)
+    raise ValueError(f"family must be 'blip' or 'albef', got {family!r}")

@@ -1,6 +1,106 @@
 #include "checks.h"
 
+#include <ATen/MemoryOverlap.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+#include <tuple>
+#include <vector>
+
 namespace blipx {
+
+namespace {
+
+// The bytes of its storage a strided tensor can touch: [begin, end) from its lowest to one past
+// its highest element. Computed from the storage offset rather than data pointers so that it
+// works for meta tensors too (they have storages but no data).
+struct Extent {
+  const c10::StorageImpl* storage;
+  int64_t begin, end;
+  size_t index;
+  bool ema;  // an ema_params entry (written) rather than a params entry (only read)
+};
+
+bool extent_of(const at::Tensor& t, size_t index, bool ema, Extent* out) {
+  if (!t.defined() || t.numel() == 0 || !t.has_storage()) return false;
+  int64_t last = 0;  // offset of the highest element, in elements (PyTorch strides are >= 0)
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  const int64_t item = static_cast<int64_t>(t.element_size());
+  *out = {t.storage().unsafeGetStorageImpl(), t.storage_offset() * item, (t.storage_offset() + last + 1) * item, index,
+          ema};
+  return true;
+}
+
+std::string extent_name(const Extent& e) {
+  return std::string(e.ema ? "ema_params[" : "params[") + std::to_string(e.index) + "]";
+}
+
+// EMA tensors are written while every param is read, in parallel and in no fixed order, so an
+// EMA that shares memory with another EMA (counted twice, or overlapping views) or with any
+// param (its own included) gives results that depend on the thread count or the launch order;
+// the kernels also declare the two pointers __restrict__. Params may alias each other (they are
+// only read). The address ranges are compared, so interleaved views such as x[0::2] / x[1::2]
+// count as overlapping: keep EMA tensors separate. One sort, O(n log n) for n tensors.
+void check_ema_no_overlap(at::TensorList ema_params, at::TensorList params) {
+  constexpr const char* op = "momentum_update_";
+  for (size_t i = 0; i < ema_params.size(); ++i) {
+    BLIPX_CHECK(at::has_internal_overlap(ema_params[i]) != at::MemOverlap::Yes, op, "ema_params[", i,
+                "] has elements that share memory (e.g. an expand()ed view), so its update would race; "
+                "pass a tensor with its own storage");
+  }
+  std::vector<Extent> spans;
+  spans.reserve(2 * ema_params.size());
+  for (size_t i = 0; i < ema_params.size(); ++i) {
+    Extent e;
+    if (extent_of(ema_params[i], i, true, &e)) spans.push_back(e);
+    if (extent_of(params[i], i, false, &e)) spans.push_back(e);
+  }
+  std::sort(spans.begin(), spans.end(), [](const Extent& a, const Extent& b) {
+    return std::tie(a.storage, a.begin) < std::tie(b.storage, b.begin);
+  });
+  // Sweep each storage in address order, remembering the span reaching furthest (of any kind,
+  // and among EMAs): a span overlaps an earlier one iff it starts before that one ends.
+  const Extent* far_any = nullptr;
+  const Extent* far_ema = nullptr;
+  const Extent* bad_a = nullptr;
+  const Extent* bad_b = nullptr;
+  for (const Extent& s : spans) {
+    if (far_any != nullptr && far_any->storage != s.storage) far_any = far_ema = nullptr;
+    const Extent* hit = s.ema ? far_any : far_ema;
+    if (hit != nullptr && hit->end > s.begin) {
+      // Several conflicts: report the one with the lowest indices, whatever the storages'
+      // addresses, so the message is reproducible.
+      const auto key = [](const Extent* a, const Extent* b) {
+        return std::make_tuple(std::min(a->index, b->index), std::max(a->index, b->index));
+      };
+      if (bad_a == nullptr || key(hit, &s) < key(bad_a, bad_b)) bad_a = hit, bad_b = &s;
+    }
+    if (far_any == nullptr || s.end > far_any->end) far_any = &s;
+    if (s.ema && (far_ema == nullptr || s.end > far_ema->end)) far_ema = &s;
+  }
+  if (bad_a == nullptr) return;
+  const Extent* a = bad_a;
+  const Extent* b = bad_b;
+  // Name the EMA first, then the lower index.
+  if (!a->ema || (b->ema && b->index < a->index)) std::swap(a, b);
+  if (b->ema) {
+    BLIPX_CHECK(false, op, extent_name(*a), " and ", extent_name(*b),
+                " share memory (the same tensor twice, or overlapping views of one storage); each EMA tensor ",
+                "must appear once and not overlap another, or the result would depend on the thread count");
+  }
+  BLIPX_CHECK(false, op, extent_name(*a), " shares memory with ", extent_name(*b),
+              "; an EMA must be a separate copy of its parameter (e.g. copy.deepcopy of the module), not the "
+              "parameter itself or a view of it, since the update reads params while it writes ema_params");
+}
+
+bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
+  Extent x, y;
+  return extent_of(a, 0, false, &x) && extent_of(b, 0, false, &y) && x.storage == y.storage && x.begin < y.end &&
+         y.begin < x.end;
+}
+
+}  // namespace
 
 static bool is_ema_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
@@ -34,6 +134,7 @@ void check_momentum_update_args(at::TensorList ema_params, at::TensorList params
                 e.scalar_type(), " and params[", i, "] is ", p.scalar_type(),
                 "; supported: equal dtypes among float32/float16/bfloat16, or a float32 EMA of float16/bfloat16 params");
   }
+  check_ema_no_overlap(ema_params, params);
 }
 
 EnqueueShape check_enqueue_args(const at::Tensor& queue, const at::Tensor& ptr, const at::Tensor& feats) {
@@ -50,6 +151,11 @@ EnqueueShape check_enqueue_args(const at::Tensor& queue, const at::Tensor& ptr, 
   BLIPX_CHECK(feats.device() == queue.device(), op, "feats is on ", feats.device(), " but queue is on ", queue.device());
   BLIPX_CHECK(ptr.device() == queue.device(), op, "ptr is on ", ptr.device(), " but queue is on ", queue.device(),
               "; keep the pointer on the queue's device so advancing it needs no host sync");
+  // The copy reads feats and ptr while it writes queue (and then ptr): shared memory would make
+  // the result depend on the copy order.
+  BLIPX_CHECK(!may_overlap(feats, queue), op, "feats shares memory with queue; enqueue a copy (feats.clone())");
+  BLIPX_CHECK(!may_overlap(ptr, queue), op, "ptr shares memory with queue; keep the pointer in its own tensor");
+  BLIPX_CHECK(!may_overlap(ptr, feats), op, "ptr shares memory with feats; keep the pointer in its own tensor");
   const int64_t q = queue.size(0);
   const int64_t n = feats.size(0);
   BLIPX_CHECK(q > 0, op, "queue must have at least one row");
@@ -228,3 +334,84 @@ void check_cross_attention_bwd_args(const at::Tensor& dout, const at::Tensor& q,
 }
 
 }  // namespace blipx
+
+// The checks as ops of their own, blipx::_check_<op>, taking the op's arguments and returning
+// nothing. The kernels call the check functions directly; these let the paths that never reach a
+// kernel run the very same rules: the pure-PyTorch references (BLIPX_USE_KERNELS=0, or no kernel
+// for the device) and the fake kernels when they receive real meta tensors (a meta tensor mixed
+// with CPU ones dispatches to the fake kernel). Registered as CompositeImplicitAutograd, so they
+// run on every device, meta included. Declared here, not in registry.cpp, because they are part of
+// the checks, not ops of the library's API. Not in the SIMT emulator build (tests/simt), which
+// links this file into its own library beside blipx's and must not register blipx ops twice.
+#ifndef BLIPX_SIMT
+namespace blipx {
+namespace {
+
+void check_momentum_update_op(at::TensorList ema_params, at::TensorList params, double momentum) {
+  check_momentum_update_args(ema_params, params, momentum);
+}
+
+void check_enqueue_op(const at::Tensor& queue, const at::Tensor& ptr, const at::Tensor& feats) {
+  check_enqueue_args(queue, ptr, feats);
+}
+
+void check_sample_hard_negatives_op(const at::Tensor& sim, const std::optional<at::Tensor>& positive_mask,
+                                    const std::optional<at::Generator>& generator) {
+  check_sample_hard_negatives_args(sim, positive_mask, generator);
+}
+
+void check_sample_tokens_op(const at::Tensor& logits, double temperature, int64_t top_k, double top_p,
+                            const std::optional<at::Tensor>& temperatures, const std::optional<at::Tensor>& top_ks,
+                            const std::optional<at::Tensor>& top_ps, const std::optional<at::Generator>& generator) {
+  check_sample_tokens_args(logits, temperature, top_k, top_p, temperatures, top_ks, top_ps, generator);
+}
+
+void check_beam_search_step_op(const at::Tensor& logits, const at::Tensor& beam_scores, const at::Tensor& sequences,
+                               int64_t num_beams, int64_t cur_len, int64_t eos_token_id, int64_t min_length,
+                               double repetition_penalty) {
+  check_beam_search_step_args(logits, beam_scores, sequences, cur_len, eos_token_id, min_length, repetition_penalty,
+                              num_beams);
+}
+
+// float64 is a CPU-kernel feature; the rule follows the device the kernel would run on (meta:
+// allowed, as the fake kernel accepts it).
+bool cross_attention_allows_double(const at::Tensor& q) { return !q.is_cuda(); }
+
+void check_cross_attention_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const std::optional<at::Tensor>& key_padding_mask, double scale) {
+  check_cross_attention_args(q, k, v, key_padding_mask, scale, cross_attention_allows_double(q));
+}
+
+void check_cross_attention_bwd_op(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                  const at::Tensor& v, const std::optional<at::Tensor>& key_padding_mask,
+                                  const at::Tensor& out, const at::Tensor& lse, double scale) {
+  check_cross_attention_args(q, k, v, key_padding_mask, scale, cross_attention_allows_double(q));
+  check_cross_attention_bwd_args(dout, q, out, lse);
+}
+
+}  // namespace
+}  // namespace blipx
+
+TORCH_LIBRARY_FRAGMENT(blipx, m) {
+  m.def("_check_momentum_update(Tensor[] ema_params, Tensor[] params, float momentum) -> ()");
+  m.def("_check_enqueue(Tensor queue, Tensor ptr, Tensor feats) -> ()");
+  m.def("_check_sample_hard_negatives(Tensor sim, Tensor? positive_mask=None, Generator? generator=None) -> ()");
+  m.def("_check_sample_tokens(Tensor logits, float temperature=1., int top_k=0, float top_p=1., "
+        "Tensor? temperatures=None, Tensor? top_ks=None, Tensor? top_ps=None, Generator? generator=None) -> ()");
+  m.def("_check_beam_search_step(Tensor logits, Tensor beam_scores, Tensor sequences, int num_beams, int cur_len, "
+        "int eos_token_id, int min_length=0, float repetition_penalty=1.) -> ()");
+  m.def("_check_cross_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, float scale) -> ()");
+  m.def("_check_cross_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor out, "
+        "Tensor lse, float scale) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(blipx, CompositeImplicitAutograd, m) {
+  m.impl("_check_momentum_update", &blipx::check_momentum_update_op);
+  m.impl("_check_enqueue", &blipx::check_enqueue_op);
+  m.impl("_check_sample_hard_negatives", &blipx::check_sample_hard_negatives_op);
+  m.impl("_check_sample_tokens", &blipx::check_sample_tokens_op);
+  m.impl("_check_beam_search_step", &blipx::check_beam_search_step_op);
+  m.impl("_check_cross_attention", &blipx::check_cross_attention_op);
+  m.impl("_check_cross_attention_bwd", &blipx::check_cross_attention_bwd_op);
+}
+#endif  // BLIPX_SIMT

@@ -4,14 +4,18 @@
 #pragma once
 #include <ATen/ATen.h>
 
+// Each check is also registered as an op, blipx::_check_<op> (bottom of checks.cpp), so the
+// pure-PyTorch references and the fake kernels run the same rules as the kernels.
 #define BLIPX_CHECK(cond, op, ...) TORCH_CHECK((cond), "blipx.", op, ": ", __VA_ARGS__)
 
 namespace blipx {
 
-// Validates momentum_update_'s arguments (lists, shapes, dtypes, devices, momentum range).
+// Validates momentum_update_'s arguments (lists, shapes, dtypes, devices, momentum range) and that
+// no EMA tensor shares memory with another EMA tensor or with any param (params may share).
 void check_momentum_update_args(at::TensorList ema_params, at::TensorList params, double momentum);
 
-// Validates enqueue_'s arguments; returns (queue rows Q, row width D, rows to write N).
+// Validates enqueue_'s arguments (shapes, dtypes, devices, N <= Q, no memory shared between
+// queue, ptr and feats); returns (queue rows Q, row width D, rows to write N).
 struct EnqueueShape {
   int64_t queue_size;
   int64_t width;

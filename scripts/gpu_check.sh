@@ -39,7 +39,7 @@ else
 fi
 
 step "benchmarks"
-for b in ema hard_negatives decode cross_attention captioning capfilt train; do
+for b in momentum_update sample_hard_negatives sample_tokens beam_search_step enqueue cross_attention captioning capfilt train; do
   timeout 150 $PY -m blipx bench $b --out "$LOG/bench.jsonl" || { echo "bench $b failed or timed out"; status=1; }
 done
 step "demo on the GPU (1000 steps, fp32: the recipe measured on CPU)"

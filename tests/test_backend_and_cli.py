@@ -66,8 +66,36 @@ def test_info_lists_every_op(argv):
 
 def test_bench_quick_runs(tmp_path):
     out_file = tmp_path / "rows.jsonl"
-    res = subprocess.run([sys.executable, "-m", "blipx", "bench", "ema", "--quick", "--out", str(out_file)],
+    res = subprocess.run([sys.executable, "-m", "blipx", "bench", "momentum_update", "--quick", "--out", str(out_file)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "blipx" in res.stdout and "foreach lerp" in res.stdout
     assert len(out_file.read_text().splitlines()) == 7  # copy ceiling + 6 providers
+
+
+@pytest.mark.parametrize("argv,option,value", [
+    (["eval", "retrieval", "--model", "m", "--k-test", "0"], "--k-test", "0"),
+    (["eval", "retrieval", "--model", "m", "--num-samples", "-3"], "--num-samples", "-3"),
+    (["caption", "x.jpg", "--model", "m", "--batch-size", "0"], "--batch-size", "0"),
+    (["capfilt", "--captioner", "c", "--filter", "f", "--data", "d", "--out", "o", "--batch-size", "0"],
+     "--batch-size", "0"),
+    (["capfilt", "--captioner", "c", "--filter", "f", "--data", "d", "--out", "o", "--chunk-size", "abc"],
+     "--chunk-size", "abc"),
+    (["capfilt", "--captioner", "c", "--filter", "f", "--data", "d", "--out", "o", "--threshold", "nan"],
+     "--threshold", "nan"),
+    (["capfilt", "--captioner", "c", "--filter", "f", "--data", "d", "--out", "o", "--threshold", "1.5"],
+     "--threshold", "1.5"),
+    (["capfilt", "--captioner", "c", "--filter", "f", "--data", "d", "--out", "o", "--num-captions", "0"],
+     "--num-captions", "0"),
+])
+def test_cli_refuses_settings_that_make_no_sense(argv, option, value, capsys):
+    """Refused while parsing, naming the option, before any model is loaded (the model paths
+    here do not exist: before, --threshold nan got as far as loading them, and a loaded model
+    would have dropped every caption with exit 0)."""
+    from blipx.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert f"argument {option}: must be" in err and f"got {value!r}" in err, err

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from blipx.momentum import MomentumEMA, momentum_copy
+from blipx.models.contrastive import momentum_copy
+from blipx.train.momentum import MomentumEMA
 
 
 def tower():

@@ -1,4 +1,4 @@
-"""blipx.tokenizer (BERT uncased + [DEC]/[ENC]) and blipx.image (bicubic resize + CLIP norm)."""
+"""blipx.tokenizer (BERT uncased + [DEC]/[ENC]) and blipx.data.processing (bicubic resize + CLIP norm)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("torchvision")
 Image = pytest.importorskip("PIL.Image")
 
-from blipx.image import CLIP_MEAN, CLIP_STD, albef_image_processor, blip_image_processor  # noqa: E402
+from blipx.data import CLIP_MEAN, CLIP_STD, image_processor  # noqa: E402
 from blipx.tokenizer import bert_tokenizer, blip_tokenizer  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def _image(h=50, w=70, seed=0):
 
 def test_pil_path_is_pil_bicubic_plus_clip_norm():
     a = _image()
-    x = blip_image_processor(32)(Image.fromarray(a))
+    x = image_processor("blip", 32)(Image.fromarray(a))
     ref = np.asarray(Image.fromarray(a).resize((32, 32), Image.BICUBIC), dtype=np.float32) / 255.0
     ref = (torch.from_numpy(ref).permute(2, 0, 1) - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[
         :, None, None
@@ -48,7 +48,7 @@ def test_pil_path_is_pil_bicubic_plus_clip_norm():
 
 def test_uint8_tensors_match_pil_within_two_levels():
     a = _image()
-    proc = albef_image_processor(24)
+    proc = image_processor("albef", 24)
     x_pil = proc([Image.fromarray(a), Image.fromarray(_image(seed=1))])
     t = torch.stack([torch.from_numpy(a), torch.from_numpy(_image(seed=1))]).permute(0, 3, 1, 2)
     x_t = proc(t)
@@ -58,9 +58,9 @@ def test_uint8_tensors_match_pil_within_two_levels():
 
 def test_grayscale_and_bad_inputs():
     g = Image.fromarray(_image()[..., 0])
-    assert blip_image_processor(16)(g).shape == (1, 3, 16, 16)
+    assert image_processor("blip", 16)(g).shape == (1, 3, 16, 16)
     with pytest.raises(TypeError, match="uint8"):
-        blip_image_processor(16)(torch.rand(3, 20, 20))
+        image_processor("blip", 16)(torch.rand(3, 20, 20))
 
 
 def test_close_to_hf_blip_image_processor():
@@ -68,5 +68,30 @@ def test_close_to_hf_blip_image_processor():
 
     im = Image.fromarray(_image(seed=3))
     ref = BlipImageProcessor(size={"height": 32, "width": 32})(im, return_tensors="pt").pixel_values
-    ours = blip_image_processor(32)(im)
+    ours = image_processor("blip", 32)(im)
     assert ((ours - ref) * torch.tensor(CLIP_STD)[:, None, None] * 255).abs().max() <= 2.01
+
+
+def test_albef_tokenizer_writes_cls_tokens_without_sep():
+    # Official rule (salesforce/ALBEF models/tokenization_bert.py, build_inputs_with_special_tokens):
+    # [cls] + token_ids_0, no [SEP]. Ids below are bert-base-uncased's, written by hand.
+    from blipx.tokenizer import albef_tokenizer, tokenizer_for
+
+    tok = albef_tokenizer()
+    assert tok("A picture of a Dog.").input_ids == [101, 1037, 3861, 1997, 1037, 3899, 1012]
+    batch = tok(["a dog", "two cats on a sofa"], padding="longest", truncation=True, max_length=4,
+                return_tensors="pt")
+    assert batch.input_ids.tolist() == [[101, 1037, 3899, 0], [101, 2048, 8870, 2006]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert tokenizer_for("albef")("a dog").input_ids == [101, 1037, 3899]
+    assert tokenizer_for("blip")("a dog").input_ids == [101, 1037, 3899, 102]  # BLIP keeps its [SEP]
+
+
+def test_albef_paths_tokenize_as_albef():
+    from blipx.evaluation.retrieval import encode_for_retrieval
+    from blipx.models import create_model
+
+    model = create_model("albef_tiny", "retriever").eval()
+    enc = encode_for_retrieval(model, torch.randn(1, 3, 32, 32), ["a dog"])
+    ids = enc["input_ids"].tolist()[0]
+    assert ids[:3] == [101, 1037, 3899] and set(ids[3:]) == {0}  # [CLS] a dog, then padding: no [SEP]

@@ -1,4 +1,4 @@
-"""CapFilt: bootstrap a noisy image-text dataset with a captioner and a filter (BLIP §3.3)."""
+"""CapFilt: bootstrap a noisy image-text dataset with a captioner and a filter (the BLIP paper, section 3.3)."""
 
 from blipx.capfilt.pipeline import CapFilt, CapFiltSettings, iter_annotations
 from blipx.capfilt.report import merge_and_report

@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from blipx.capfilt import CapFilt, CapFiltSettings, merge_and_report
     from blipx.data import ShapesDataset
-    from blipx.demo import SHAPES_DATA, SHAPES_RECIPE
+    from blipx.evaluation.shapes import shapes_caption_accuracy, shapes_retrieval
     from blipx.models import BlipCaptioner, BlipRetriever, get_config
-    from blipx.models.downstream import load_model_as
+    from blipx.train.recipes import SHAPES_DATA, SHAPES_RECIPE
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):  # stale models or CapFilt chunks would leak into this run
@@ -67,16 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     captioner = _train(out / "captioner", task="blip_caption", **ft)
     filt = _train(out / "filter", task="blip_retrieval", **ft)
 
-    cf = CapFilt(load_model_as(BlipCaptioner, str(captioner)).to(args.device),
-                 load_model_as(BlipRetriever, str(filt)).to(args.device), CapFiltSettings(num_captions=1))
+    cf = CapFilt(BlipCaptioner.from_pretrained(str(captioner)).to(args.device),
+                 BlipRetriever.from_pretrained(str(filt)).to(args.device), CapFiltSettings(num_captions=1))
     cf.run(noisy, data, out / "capfilt", progress=True)
     report = merge_and_report(out / "capfilt")
 
     boot = out / "capfilt" / "bootstrapped.jsonl"
     model_b = _train(out / "pretrain_bootstrapped", task="blip_pretrain", data=f"{boot},{clean}",
                      max_steps=args.steps, **common)
-
-    from blipx.demo import shapes_caption_accuracy, shapes_retrieval
 
     results = {"capfilt": report}
     n_obj = SHAPES_DATA["max_objects"]

@@ -8,6 +8,12 @@ to ``<out>/chunks/chunk-<c>.jsonl`` (every caption with its score and verdict). 
 skips the chunks on disk, and chunk c's sampling generator is seeded by (seed, c), so an
 interrupted-and-resumed run writes exactly what an uninterrupted one does. Memory holds one
 chunk. ``merge_and_report`` turns the chunks into the bootstrapped annotation file.
+
+A resume is refused unless it is the same run: ``<out>/settings.json`` records the settings, a
+sha256 of each model's weights and of the input file's content, and the error names what changed.
+Bad records (not JSON, not UTF-8, no caption, ...) and images that cannot be used (unreadable,
+larger than ``max_pixels``, outside ``image_root``) never stop the pass: each is a ``"skipped"``
+row of its chunk (reason, and ``file:line`` for records) and is counted in the report.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from blipx.data.annotations import Annotation, iter_annotations
+from blipx.data.images import MAX_PIXELS, Skipped
 
 
 @dataclass
@@ -36,28 +45,20 @@ class CapFiltSettings:
     chunk_size: int = 256  # images per chunk: the unit of resumption
     batch_size: int = 64  # images per captioner/filter batch
     seed: int = 0
+    allow_outside_root: bool = False  # read image paths that resolve outside image_root
+    max_pixels: int | None = MAX_PIXELS  # larger images are skipped (too_large), None: no cap
 
 
-def iter_annotations(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Entries of a JSONL file streamed line by line (memory flat), or of a JSON list."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-    else:
-        yield from json.loads(path.read_text(encoding="utf-8"))
-
-
-def _chunks(entries: Iterable[dict], size: int) -> Iterator[tuple[int, list[dict]]]:
-    buf: list[dict] = []
-    c = 0
+def _chunks(entries: Iterable[Annotation | Skipped], size: int) -> Iterator[tuple[int, list]]:
+    """``size`` annotations per chunk; skipped records ride along with the chunk they fall in."""
+    buf: list = []
+    n, c = 0, 0
     for e in entries:
         buf.append(e)
-        if len(buf) == size:
+        n += isinstance(e, Annotation)
+        if n == size:
             yield c, buf
-            buf, c = [], c + 1
+            buf, n, c = [], 0, c + 1
     if buf:
         yield c, buf
 
@@ -103,18 +104,25 @@ class CapFilt:
                                       num_return_sequences=s.num_captions, max_length=s.max_length,
                                       min_length=s.min_length, generator=generator)
 
-    def process_chunk(self, entries: list[dict], image_root: Path, chunk_index: int) -> list[dict]:
-        """Rows for every (image, caption) of the chunk, plus one row per unreadable image."""
-        from blipx.data import Skipped, load_image, pre_caption
+    def process_chunk(self, entries: list[Annotation | Skipped], image_root: Path, chunk_index: int) -> list[dict]:
+        """Rows for every (image, caption) of the chunk, plus one ``"skipped"`` row per refused
+        record or unusable image."""
+        from blipx.data import load_image
+        from blipx.data.images import resolve_image_path
 
         s = self.s
         rows: list[dict] = []
-        readable: list[tuple[dict, Any]] = []
+        readable: list[tuple[Annotation, Any]] = []
+        real_root = os.path.realpath(image_root)
         for e in entries:
-            img = load_image(image_root / e["image"])
+            if isinstance(e, Skipped):  # refused while reading: e.source is "file:line"
+                rows.append({"source": "skipped", "reason": e.reason, "where": e.source, "detail": e.detail})
+                continue
+            path = resolve_image_path(image_root, e.image, s.allow_outside_root, real_root)
+            img = path if isinstance(path, Skipped) else load_image(path, s.max_pixels)
             if isinstance(img, Skipped):
-                rows.append({"image": e["image"], "image_id": e.get("image_id", e["image"]), "source": "unreadable",
-                             "reason": img.reason})
+                rows.append({"image": e.image, "image_id": e.image_id, "source": "skipped", "reason": img.reason,
+                             "where": e.where, "detail": img.detail})
                 continue
             readable.append((e, img))
         gen = torch.Generator(device=self.device).manual_seed(s.seed * 1_000_003 + chunk_index)
@@ -126,9 +134,8 @@ class CapFilt:
                 torch.stack([self.filter_transform(img) for _, img in part]).to(self.device)
             texts, owners, meta = [], [], []
             for i, (e, _) in enumerate(part):
-                web = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
-                for c in web:
-                    texts.append(pre_caption(c, s.max_words))
+                for c, text in zip(e.captions, e.texts):  # pre_caption'ed with s.max_words when read
+                    texts.append(text)
                     owners.append(i)
                     meta.append((e, "web", c))
                 for c in synthetic[i * s.num_captions:(i + 1) * s.num_captions]:
@@ -138,32 +145,46 @@ class CapFilt:
             # Host sync, once per batch of scores (not per caption): they go to the JSON rows.
             probs = self.score(filt_px, texts, torch.tensor(owners, device=self.device)).cpu().tolist()
             for (e, source, text), p in zip(meta, probs):
-                row = {"image": e["image"], "image_id": e.get("image_id", e["image"]), "caption": text,
+                row = {"image": e.image, "image_id": e.image_id, "caption": text,
                        "source": source, "itm_score": p, "kept": p >= s.threshold}
                 for extra in ("is_noisy", "objects"):  # ground truth of synthetic benchmarks (shapes)
-                    if extra in e:
-                        row[extra] = e[extra] if source == "web" or extra == "objects" else False
+                    if extra in e.record:
+                        row[extra] = e.record[extra] if source == "web" or extra == "objects" else False
                 rows.append(row)
         return rows
 
     def _claim(self, out: Path, annotations) -> None:
-        """Record this run's settings and source in ``settings.json``; a folder holding another
-        run's chunks is refused, since resuming would silently mix the two runs' outputs."""
+        """Record this run in ``settings.json`` (settings, a sha256 of each model and of the
+        input's content); a folder holding another run's chunks is refused, naming what changed,
+        since resuming would silently mix the two runs' outputs. Moving the input file, or loading
+        the same weights from another path or format, is the same run."""
+        from blipx.capfilt.fingerprint import file_fingerprint, model_fingerprint
         from blipx.weights.io import write_json
 
-        src = [str(annotations)] if isinstance(annotations, (str, os.PathLike)) else None
-        if src is not None and os.path.isfile(src[0]):
-            src.append(os.path.getsize(src[0]))  # a re-exported, different file at the same path
-        run = {**vars(self.s), "source": src}
+        run = {"settings": vars(self.s), "captioner": model_fingerprint(self.captioner),
+               "filter": model_fingerprint(self.filter),
+               "input": {"path": os.path.abspath(annotations), **file_fingerprint(annotations)}}
         path = out / "settings.json"
-        if path.is_file():
-            before = json.loads(path.read_text(encoding="utf-8"))
-            if before != run:
-                diff = sorted(k for k in set(before) | set(run) if before.get(k) != run.get(k))
-                raise ValueError(f"CapFilt out_dir {str(out)!r} holds another run's chunks (differs in {diff}); "
-                                 "use a new out_dir, or delete it to start over")
+        if not path.is_file():
+            write_json(path, run)
             return
-        write_json(path, run)
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = [f"the {name}'s weights or config" for name in ("captioner", "filter")
+                   if before.get(name) != run[name]]
+        old_input = before.get("input") if isinstance(before.get("input"), dict) else {}
+        if old_input.get("sha256") != run["input"]["sha256"]:
+            changed.append(f"the input's content ({old_input.get('path')}: {old_input.get('bytes')} bytes, sha256 "
+                           f"{str(old_input.get('sha256'))[:12]}; now {run['input']['path']}: "
+                           f"{run['input']['bytes']} bytes, sha256 {run['input']['sha256'][:12]})")
+        old_settings = before.get("settings") if isinstance(before.get("settings"), dict) else {}
+        diff = sorted(k for k in set(old_settings) | set(run["settings"])
+                      if old_settings.get(k) != run["settings"].get(k))
+        if diff:
+            changed.append("the settings " + ", ".join(f"{k}: {old_settings.get(k)!r} -> {run['settings'].get(k)!r}"
+                                                       for k in diff))
+        if changed:
+            raise ValueError(f"CapFilt out_dir {str(out)!r} holds another run's chunks; changed: "
+                             + "; ".join(changed) + ". Use a new out_dir, or delete it to start over")
 
     def run(self, annotations: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
             rank: int = 0, world: int = 1, progress: bool = True) -> int:
@@ -177,7 +198,7 @@ class CapFilt:
 
             bar = tqdm(desc="capfilt chunks", unit="chunk")
         written = 0
-        for c, entries in _chunks(iter_annotations(annotations), self.s.chunk_size):
+        for c, entries in _chunks(iter_annotations(annotations, self.s.max_words), self.s.chunk_size):
             target = out / "chunks" / f"chunk-{c:06d}.jsonl"
             if c % world != rank or target.exists():
                 continue  # another rank's, or finished before an interruption

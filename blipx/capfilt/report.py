@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 from blipx.weights.io import atomic_write
@@ -39,14 +40,22 @@ def _plot_histograms(rows: list[dict], threshold: float, path: Path) -> None:
 
 def merge_and_report(out_dir: str | os.PathLike, threshold: float = 0.5) -> dict:
     """Write ``bootstrapped.jsonl`` (kept captions, official format + source + itm_score),
-    ``report.json`` and ``scores.png``; returns the report."""
+    ``report.json`` and ``scores.png``; returns the report (caption counts per source, and the
+    skips: ``images_unreadable``, ``records_skipped`` and ``skipped`` {reason: count})."""
     from blipx.data.shapes import caption_matches
 
     out = Path(out_dir)
     rows = _read_rows(out)
     scored = [r for r in rows if r.get("source") in ("web", "synthetic")]
-    report: dict = {"images_unreadable": sum(r.get("source") == "unreadable" for r in rows),
-                    "images": len({str(r["image_id"]) for r in rows})}
+    skipped = [r for r in rows if r.get("source") == "skipped"]
+    report: dict = {
+        "images": len({str(r["image_id"]) for r in rows if "image_id" in r}),
+        # images of good records that could not be used (unreadable, too large, outside the root)
+        "images_unreadable": sum("image" in r for r in skipped),
+        # records (or single captions of a list) refused while reading, located by file:line in the rows
+        "records_skipped": sum("image" not in r for r in skipped),
+        "skipped": dict(sorted(Counter(r["reason"] for r in skipped).items())),
+    }
     for source in ("web", "synthetic"):
         mine = [r for r in scored if r["source"] == source]
         report[source] = {"kept": sum(r["kept"] for r in mine), "dropped": sum(not r["kept"] for r in mine)}

@@ -18,7 +18,8 @@ from blipx.data.images import Skipped, decode_image, load_image
 from blipx.data.shapes import ShapesDataset, caption_match_matrix, caption_matches, parse_caption
 from blipx.data.shards import webdataset_pairs, write_shards
 from blipx.data.text import pre_caption
-from blipx.data.transforms import OfficialRandAugment, TrainTransform, eval_transform, swap_left_right
+from blipx.data.processing import CLIP_MEAN, CLIP_STD, ImageProcessor, eval_transform, image_processor
+from blipx.data.transforms import OfficialRandAugment, TrainTransform, swap_left_right
 
 
 def get_dataset(name: str, **kwargs: Any):
@@ -35,6 +36,10 @@ def get_dataset(name: str, **kwargs: Any):
 
 
 __all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "ImageProcessor",
+    "image_processor",
     "ImageTextCollator",
     "ImageTextDataset",
     "OfficialRandAugment",

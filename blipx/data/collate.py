@@ -1,7 +1,9 @@
-"""Batching of image-text samples: drop unreadable images, count them, tokenize the captions.
+"""Batching of image-text samples: drop :class:`Skipped` samples (unreadable or oversized images,
+bad annotation records, unreadable WebDataset shards), count them by reason, tokenize the captions.
 
-Counting happens in the collate because it runs inside the DataLoader worker and its output
-travels to the main process; a counter kept on the dataset would stay in the worker.
+This is the one place skips are counted, for every data source. Counting happens in the collate
+because it runs inside the DataLoader worker and its output travels to the main process; a counter
+kept on the dataset would stay in the worker.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class ImageTextCollator:
 
 
 class SkipCounter:
-    """Running count of skipped samples over batches, by reason (for the trainer's logs)."""
+    """Running count of skipped samples over batches, by reason (for the trainer's logs):
+    ``as_dict()`` gives ``samples_seen``, ``samples_skipped`` and ``skipped_<reason>``."""
 
     def __init__(self) -> None:
         self.seen = 0

@@ -3,19 +3,22 @@
 Official train pipeline (``salesforce/BLIP data/__init__.py``, ``salesforce/ALBEF dataset/__init__.py``):
 RandomResizedCrop(S, scale, bicubic) -> RandomHorizontalFlip -> RandomAugment(N=2, M, 10 ops)
 -> ToTensor -> Normalize(CLIP). Crop scale is (0.2, 1.0) for pretraining and (0.5, 1.0) for
-fine-tuning in both repositories; M is 5 (BLIP) or 7 (ALBEF). Eval: Resize((S, S), bicubic).
+fine-tuning in both repositories; M is 5 (BLIP) or 7 (ALBEF). Eval: Resize((S, S), bicubic), in
+``blipx.data.processing``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from blipx.image import CLIP_MEAN, CLIP_STD
+from blipx.data.processing import CLIP_MEAN, CLIP_STD
 
 CROP_SCALE = {"pretrain": (0.2, 1.0), "finetune": (0.5, 1.0)}
 RANDAUG_MAGNITUDE = {"blip": 5, "albef": 7}
@@ -121,12 +124,6 @@ class TrainTransform:
         return self.apply_pair(image, "")[0]
 
 
-def eval_transform(image_size: int) -> v2.Compose:
-    """Official test transform: Resize((S, S), bicubic) -> [0, 1] -> Normalize(CLIP)."""
-    resize = v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return v2.Compose([resize, *_to_normalized_tensor()])
-
-
 def apply_transform(transform, image, caption: str) -> tuple[Any, str]:
     """Run a joint image-text transform (``.apply_pair``) or a plain image transform."""
     if transform is None:
@@ -134,3 +131,33 @@ def apply_transform(transform, image, caption: str) -> tuple[Any, str]:
     if hasattr(transform, "apply_pair"):  # not "apply": nn.Module has one
         return transform.apply_pair(image, caption)
     return transform(image), caption
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends only on ``(seed, epoch, index)`` (a hash, so nearby triples
+    such as (0, 1, 2) and (0, 2, 1) get unrelated streams)."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` computed with torch's CPU generator seeded by ``(seed, epoch, index)``
+    (:func:`sample_seed`), and the generator's state restored afterwards.
+
+    The train transforms (crop, flip, RandAugment) draw from torch's global generator, which in
+    a DataLoader worker is seeded per worker: what a sample became depended on which worker made
+    it and what that worker drew before, so a resumed run (new workers, a shorter epoch) saw other
+    augmentations than an uninterrupted one. Seeded per sample, a sample's augmentation is a
+    function of (seed, epoch, index) alone, the same with any ``num_workers``, order or split.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):  # CPU only: transforms run on CPU tensors / PIL
+            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            return self.dataset[index]

@@ -61,9 +61,9 @@ def encode_for_retrieval(
     """Unimodal pass: image embeds/features and text ids/masks/states/features (on the model's device)."""
     family = _family(model)
     if tokenizer is None:
-        from blipx.tokenizer import bert_tokenizer, blip_tokenizer
+        from blipx.tokenizer import tokenizer_for
 
-        tokenizer = blip_tokenizer() if family == "blip" else bert_tokenizer()
+        tokenizer = tokenizer_for(family)
     param = next(model.parameters())
     ids, masks, states, text_feat = [], [], [], []
     for start in range(0, len(texts), text_batch_size):

@@ -1,10 +1,11 @@
 """Attention for the text tower.
 
 Every text-to-image attention in blipx goes through :func:`cross_attention`, which runs the fused
-op of issue 6 (``blipx.ops.cross_attention``): in training, and in ``generate()`` where the G beams
+op ``blipx.ops.cross_attention``: in training, and in ``generate()`` where the G beams
 of an image share its K/V (projected once per layer and cached per image by the callers).
 ``BLIPX_USE_KERNELS=0`` or ``blipx.ops.set_use_kernels(False)`` selects the pure-PyTorch
-reference for debugging. Self-attention uses ``F.scaled_dot_product_attention`` with a boolean mask.
+reference for debugging. Self-attention uses ``F.scaled_dot_product_attention`` with a boolean mask,
+optionally over a preallocated :class:`StaticKVCache` (incremental decoding).
 """
 
 from __future__ import annotations
@@ -44,32 +45,102 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 def self_attention_mask(
     attention_mask: torch.Tensor | None,
-    q_len: int,
-    past_len: int,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
     causal: bool,
-    device: torch.device,
 ) -> torch.Tensor | None:
-    """Boolean [B|1, 1, q_len, past_len+q_len] mask for SDPA (True = attend), or None.
+    """Boolean [B|1, 1, Lq, Lk] mask for SDPA (True = attend), or None.
 
-    ``attention_mask`` ([B, past_len+q_len], 1 = keep) may be None. A query row that may see
-    no key at all (a pad query under left padding) is opened to every key instead: its output
-    is never read, and this keeps softmax free of NaN in every dtype (HF reaches the same end
-    with finfo.min, which overflows to -inf in fp16).
+    ``q_pos`` [Lq] / ``k_pos`` [Lk]: positions of the queries and of the keys. Without a cache
+    both are ``arange(T)``; with a :class:`StaticKVCache` the keys are its T_max slots and the
+    queries the device-side positions being written, so "causal" also hides the slots not
+    written yet (zeros, or stale beams). ``attention_mask`` ([B, Lk], 1 = keep) may be None. A
+    query row that may see no key at all (a pad query under left padding) is opened to every
+    key instead: its output is never read, and this keeps softmax free of NaN in every dtype
+    (HF reaches the same end with finfo.min, which overflows to -inf in fp16).
     """
-    k_len = past_len + q_len
     allowed = None
     if attention_mask is not None:
-        if attention_mask.shape[-1] != k_len:
-            raise ValueError(f"attention_mask has {attention_mask.shape[-1]} columns, expected {k_len}")
+        if attention_mask.shape[-1] != k_pos.shape[0]:
+            raise ValueError(f"attention_mask has {attention_mask.shape[-1]} columns, expected {k_pos.shape[0]}")
         allowed = attention_mask[:, None, None, :].to(torch.bool)
     if causal:
-        qi = torch.arange(q_len, device=device)[:, None] + past_len
-        ki = torch.arange(k_len, device=device)[None, :]
-        tri = (ki <= qi)[None, None]
-        allowed = tri if allowed is None else allowed & tri
+        tri = (k_pos[None, :] <= q_pos[:, None])[None, None]
+        if allowed is None:
+            return tri  # every query sees at least its own key: no row to open
+        allowed = allowed & tri
     if allowed is None:
         return None
     return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+class LayerKVCache:
+    """One layer's view ([N, H, T_max, D] K and V) of a :class:`StaticKVCache` buffer."""
+
+    __slots__ = ("k", "v")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [N, H, t, D] into slots ``positions`` (int64 [t], on the device); returns the
+        whole buffers, which attention reads under the position mask (fixed shapes)."""
+        self.k.index_copy_(2, positions, k)
+        self.v.index_copy_(2, positions, v)
+        return self.k, self.v
+
+
+class StaticKVCache:
+    """Self-attention K/V of every layer of a causal text tower, preallocated.
+
+    One buffer ``kv`` [2, L, N, H, T_max, D] (N rows = B images x G beams / return sequences),
+    so a beam reorder is a single gather; each layer writes through its :class:`LayerKVCache`
+    view. ``pos`` (int64 [1], on the device) is the position of the next token: a forward over t
+    tokens writes slots ``pos .. pos+t-1`` and advances ``pos`` by t there, so one-token steps
+    have fixed shapes and addresses and no host sync (``torch.compile(fullgraph=True)`` traces
+    a step once; a CUDA graph can capture it). Made by :meth:`blipx.layers.BertModel.new_kv_cache`.
+    """
+
+    def __init__(self, layers: int, rows: int, heads: int, max_len: int, head_dim: int, dtype, device) -> None:
+        # zeros, not empty: slots past the current position get probability 0 in SDPA, but
+        # 0 * NaN (uninitialised memory) would still be NaN.
+        self._set_kv(torch.zeros(2, layers, rows, heads, max_len, head_dim, dtype=dtype, device=device))
+        self.key_pos = torch.arange(max_len, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+
+    def _set_kv(self, kv: torch.Tensor) -> None:
+        self.kv = kv
+        self.layers = [LayerKVCache(kv[0, i], kv[1, i]) for i in range(kv.shape[1])]
+
+    @property
+    def rows(self) -> int:
+        return self.kv.shape[2]
+
+    @property
+    def max_len(self) -> int:
+        return self.kv.shape[4]
+
+    def positions(self, t: int) -> torch.Tensor:
+        """Slots of the next ``t`` tokens, int64 [t] on the device (no host read of ``pos``)."""
+        return self.key_pos[:t] + self.pos
+
+    def advance_(self, t: int) -> None:
+        self.pos.add_(t)
+
+    def reset_(self) -> None:
+        """Start over at position 0 (stale slots are masked until rewritten)."""
+        self.pos.zero_()
+
+    def reorder_(self, rows: torch.Tensor) -> None:
+        """Row i takes the K/V of row ``rows[i]`` (beam i continues beam ``rows[i]``).
+
+        One gather into the same storage (fixed address, views stay valid), as a captured graph
+        requires."""
+        self.kv.copy_(self.kv.index_select(2, rows))
+
+    def keep_rows_(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (int64 [N']): a new, smaller buffer (a new shape for a compiled step)."""
+        self._set_kv(self.kv.index_select(2, rows))
 
 
 class BertSelfOutput(nn.Module):
@@ -96,7 +167,9 @@ class _QKV(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Bidirectional or causal self-attention with an optional concatenating KV cache."""
+    """Bidirectional or causal self-attention; with a :class:`LayerKVCache`, the new K/V are written
+    into the static buffer and attention runs over all of its slots (training, prefill and
+    one-token decode steps are this one forward)."""
 
     def __init__(self, hidden: int, heads: int, eps: float, dropout: float, attn_dropout: float) -> None:
         super().__init__()
@@ -109,17 +182,19 @@ class BertSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None,
-        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        kv_cache: LayerKVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x [N, t, hidden]; mask as :func:`self_attention_mask` builds it (over the cache's T_max
+        slots when ``kv_cache`` is given); positions int64 [t]: the slots to write."""
         q = split_heads(self.self.query(x), self.heads)
         k = split_heads(self.self.key(x), self.heads)
         v = split_heads(self.self.value(x), self.heads)
-        if past_kv is not None:
-            k = torch.cat([past_kv[0], k], dim=2)
-            v = torch.cat([past_kv[1], v], dim=2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v, positions)
         p = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return self.output(merge_heads(out), x), (k, v)
+        return self.output(merge_heads(out), x)
 
 
 class BertCrossAttention(nn.Module):

@@ -4,9 +4,11 @@ One class serves every text role of ALBEF and BLIP:
 - unimodal text encoder (``mode="text"``; ALBEF runs only its first ``fusion_layer`` layers),
 - image-grounded encoder (``mode="multimodal"``) and ALBEF's fusion pass (``mode="fusion"``,
   layers ``fusion_layer..`` on given hidden states),
-- causal decoder (``is_decoder=True``) with a concatenating self-attention KV cache.
+- causal decoder (``is_decoder=True``), optionally over a static self-attention KV cache
+  (:meth:`BertModel.new_kv_cache`): the same forward runs training, prefill and one-token steps.
 Cross-attention K/V can be projected once (:meth:`BertModel.project_cross_kv`) and passed in
-as ``cross_kv``; query rows may be a multiple G of the image rows (beams share K/V).
+as ``cross_kv``; query rows may be a multiple G of the image rows (beams, or the candidate
+answers of a question, share its K/V through the grouped cross-attention op).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from blipx.layers.attention import BertCrossAttention, BertSelfAttention, self_attention_mask
+from blipx.layers.attention import BertCrossAttention, BertSelfAttention, StaticKVCache, self_attention_mask
 from blipx.layers.configs import TextConfig
 
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -25,8 +27,6 @@ KV = tuple[torch.Tensor, torch.Tensor]
 @dataclass
 class TextOutput:
     last_hidden_state: torch.Tensor
-    # One (K, V) [B, H, T_total, D] per executed layer when use_cache=True.
-    past_key_values: tuple[KV, ...] | None = None
 
 
 class BertEmbeddings(nn.Module):
@@ -39,10 +39,17 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, input_ids: torch.Tensor, past_len: int = 0, token_type_ids: torch.Tensor | None = None):
-        t = input_ids.shape[1]
-        pos = torch.arange(past_len, past_len + t, device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids [N, t] at ``positions`` (int64 [t], default 0..t-1; the cache's device-side
+        slots when decoding)."""
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
         if hasattr(self, "token_type_embeddings"):
             # ALBEF always uses type 0; a 0-row index avoids building a zeros tensor of ids.
             if token_type_ids is None:
@@ -83,11 +90,11 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg)
 
-    def forward(self, x, mask, cross_kv=None, cross_mask=None, past_kv=None):
-        x, kv = self.attention(x, mask, past_kv)
+    def forward(self, x, mask, cross_kv=None, cross_mask=None, kv_cache=None, positions=None):
+        x = self.attention(x, mask, kv_cache, positions)
         if cross_kv is not None:
             x = self.crossattention(x, cross_kv, cross_mask)
-        return self.output(self.intermediate(x), x), kv
+        return self.output(self.intermediate(x), x)
 
 
 class BertEncoder(nn.Module):
@@ -123,6 +130,16 @@ class BertModel(nn.Module):
             for lyr in self.encoder.layer
         ]
 
+    def new_kv_cache(self, rows: int, max_len: int) -> StaticKVCache:
+        """An empty static self-attention cache for ``rows`` sequences of up to ``max_len`` tokens
+        (the weights' dtype and device), to pass as ``kv_cache`` with ``is_decoder=True``."""
+        cfg = self.config
+        if max_len > cfg.max_position_embeddings:
+            raise ValueError(f"max_length {max_len} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        w = self.embeddings.word_embeddings.weight
+        heads = cfg.num_heads
+        return StaticKVCache(cfg.num_layers, rows, heads, max_len, cfg.hidden_size // heads, w.dtype, w.device)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -133,27 +150,34 @@ class BertModel(nn.Module):
         cross_kv: list[KV | None] | None = None,
         mode: str = "multimodal",
         is_decoder: bool = False,
-        past_key_values: tuple[KV, ...] | None = None,
-        use_cache: bool = False,
+        kv_cache: StaticKVCache | None = None,
         token_type_ids: torch.Tensor | None = None,
         hidden_states: torch.Tensor | None = None,
     ) -> TextOutput:
         """Run the layers selected by ``mode``.
 
         input_ids [B*G, T] (or ``hidden_states`` [B*G, T, H] for ``mode="fusion"``);
-        attention_mask [B*G, past+T], 1 = keep; encoder_hidden_states [B, Lk, W] or
-        precomputed ``cross_kv``; encoder_attention_mask [B, Lk], 1 = keep. Cross-attention
-        runs only in "multimodal"/"fusion" modes.
+        attention_mask [B*G, T] (with ``kv_cache``: [B*G, T_max], over the cache slots), 1 = keep;
+        encoder_hidden_states [B, Lk, W] or precomputed ``cross_kv``; encoder_attention_mask
+        [B, Lk], 1 = keep. Cross-attention runs only in "multimodal"/"fusion" modes.
+
+        ``kv_cache`` (causal only): the T tokens sit at the cache's device-side position; their
+        K/V are written there, attention reads every slot under the position mask, and the
+        position advances by T (prefill = T prompt tokens, a decode step = one token).
         """
         layers = self._layer_range(mode)
-        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        if mode == "fusion":
-            if hidden_states is None:
-                raise ValueError("mode='fusion' needs hidden_states (the text-mode output)")
-            x = hidden_states
+        if mode == "fusion" and hidden_states is None:
+            raise ValueError("mode='fusion' needs hidden_states (the text-mode output)")
+        if kv_cache is not None and not is_decoder:
+            raise ValueError("kv_cache serves causal decoding only (is_decoder=True)")
+        tokens = hidden_states if mode == "fusion" else input_ids
+        t = tokens.shape[1]
+        if kv_cache is None:
+            positions = key_pos = torch.arange(t, device=tokens.device)
         else:
-            x = self.embeddings(input_ids, past_len, token_type_ids)
-        mask = self_attention_mask(attention_mask, x.shape[1], past_len, is_decoder, x.device)
+            positions, key_pos = kv_cache.positions(t), kv_cache.key_pos
+        x = hidden_states if mode == "fusion" else self.embeddings(input_ids, positions, token_type_ids)
+        mask = self_attention_mask(attention_mask, positions, key_pos, is_decoder)
         use_cross = mode != "text"
         if use_cross and cross_kv is None:
             if encoder_hidden_states is None:
@@ -162,13 +186,13 @@ class BertModel(nn.Module):
         cross_mask = None
         if use_cross and encoder_attention_mask is not None:
             cross_mask = ~encoder_attention_mask.to(torch.bool)
-        new_cache = []
-        for j, i in enumerate(layers):
-            past = None if past_key_values is None else past_key_values[j]
+        for i in layers:
             ckv = cross_kv[i] if use_cross else None
-            x, kv = self.encoder.layer[i](x, mask, ckv, cross_mask, past)
-            new_cache.append(kv)
-        return TextOutput(x, tuple(new_cache) if use_cache else None)
+            layer_cache = None if kv_cache is None else kv_cache.layers[i]
+            x = self.encoder.layer[i](x, mask, ckv, cross_mask, layer_cache, positions)
+        if kv_cache is not None:
+            kv_cache.advance_(t)
+        return TextOutput(x)
 
 
 class BertPredictionHeadTransform(nn.Module):

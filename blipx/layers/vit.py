@@ -1,6 +1,6 @@
 """Pre-LN ViT with timm / Salesforce parameter names (``visual_encoder.*`` in official checkpoints).
 
-HF BLIP's vision model is the same network under other names (see blipx.weights.hf).
+HF BLIP's vision model is the same network under other names (see blipx.models.layouts.hf).
 """
 
 from __future__ import annotations
@@ -96,8 +96,10 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """pixel_values [B, 3, S, S] -> image_embeds [B, 1 + (S/patch)^2, width] (after the final LN).
 
-    Images of another size than ``config.image_size`` are accepted: the position embedding is
-    interpolated on the fly (checkpoint loading resizes it once instead).
+    Square images of another size than ``config.image_size`` that tile into whole patches are
+    accepted: the position embedding is interpolated on the fly (checkpoint loading resizes it
+    once instead). Any other size is refused: the patch convolution would silently drop the
+    rows and columns past the last whole patch (or fail on an image smaller than one patch).
     """
 
     def __init__(self, cfg: VisionConfig) -> None:
@@ -112,7 +114,21 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
+    def _check_size(self, pixel_values: torch.Tensor) -> None:
+        """Shape metadata only (no sync): [B, 3, S, S] with S a multiple of the patch size."""
+        s, patch = self.config.image_size, self.config.patch_size
+        shape = tuple(pixel_values.shape)
+        if len(shape) == 4 and shape[1] == 3 and shape[2] == shape[3] and shape[2] >= patch and shape[2] % patch == 0:
+            return
+        got = f"{shape[-2]}x{shape[-1]}" if len(shape) == 4 and shape[1] == 3 else f"shape {shape}"
+        raise ValueError(
+            f"VisionTransformer: pixel values must be [B, 3, {s}, {s}] (the model's image size; square "
+            f"multiples of the patch size {patch} also work, through an interpolated position embedding), "
+            f"got {got}. Resize images with blipx.data.image_processor(family, {s})."
+        )
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        self._check_size(pixel_values)
         x = self.patch_embed(pixel_values.to(self.pos_embed.dtype))
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + interpolate_pos_embed(self.pos_embed, x.shape[1])

@@ -2,13 +2,13 @@
 
 ITC (+ momentum distillation, queues, image-id positives), ITM with hard negatives drawn by
 ``blipx.ops.sample_hard_negatives``, ALBEF's MLM masking + distilled MLM loss, BLIP's LM loss,
-the alpha warm-up, and the cross-rank gathers. Formulas: shared/reference/albef-blip.md.
+the alpha warm-up, and the cross-rank gathers. Formulas: the official model files,
+transcribed in ``tests/losses/official.py``.
 """
 
 from blipx.losses.distributed import all_gather_with_grad, concat_all_gather, world_info
 from blipx.losses.itc import (
     FeatureQueue,
-    ITCLoss,
     ITCOutput,
     clamp_temperature_,
     itc_hard_targets,
@@ -31,7 +31,6 @@ from blipx.losses.schedules import albef_alpha, alpha_warmup, blip_alpha
 
 __all__ = [
     "FeatureQueue",
-    "ITCLoss",
     "ITCOutput",
     "ITMNegatives",
     "albef_alpha",

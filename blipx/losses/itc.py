@@ -1,5 +1,6 @@
 """Image-text contrastive loss (ITC) with momentum features, feature queues and momentum
-distillation, as ALBEF/BLIP compute it (shared/reference/albef-blip.md §1.4, §2.5, §2.6).
+distillation, as ALBEF/BLIP compute it (salesforce/ALBEF ``models/model_pretrain.py``,
+salesforce/BLIP ``models/blip_pretrain.py`` and ``blip_retrieval.py``).
 
 - Logits are ``feat @ keys.T / temp`` with ``temp`` a learnable scalar clamped in place to
   [0.001, 0.5] before use (no exp/log parametrisation), init 0.07.
@@ -173,32 +174,3 @@ class FeatureQueue(nn.Module):
                 raise ValueError("FeatureQueue.enqueue_: this queue stores image ids; pass idx")
             ops.enqueue_(self.idx_queue, self.idx_queue_ptr, concat_all_gather(idx.view(-1).to(torch.long)))
 
-
-class ITCLoss(nn.Module):
-    """ITC with its learnable temperature and optional queue: clamp, loss, then enqueue.
-
-    ``forward(image_feat, text_feat, image_feat_m, text_feat_m, alpha=0.0, idx=None)`` clamps
-    ``temp`` in place, computes :func:`itc_loss` against ``[momentum batch; queue]``, then
-    writes the momentum features (and ids) into the queue, in the official order (the targets
-    use the queue before this step's features enter it). queue_size=0: in-batch only.
-    """
-
-    def __init__(self, queue_size: int = 0, dim: int = 256, temp: float = TEMP_INIT, with_ids: bool = False) -> None:
-        super().__init__()
-        self.temp = nn.Parameter(torch.tensor(float(temp)))
-        self.queue = FeatureQueue(queue_size, dim, with_ids) if queue_size > 0 else None
-        self.with_ids = with_ids
-
-    def forward(self, image_feat, text_feat, image_feat_m, text_feat_m, alpha: float = 0.0, idx=None, enqueue: bool = True):
-        clamp_temperature_(self.temp)
-        q = self.queue
-        out = itc_loss(
-            image_feat, text_feat, image_feat_m, text_feat_m, self.temp, alpha=alpha,
-            image_queue=None if q is None else q.image_queue,
-            text_queue=None if q is None else q.text_queue,
-            idx=idx,
-            idx_queue=q.idx_queue if (q is not None and self.with_ids) else None,
-        )
-        if enqueue and q is not None:
-            q.enqueue_(image_feat_m, text_feat_m, idx)
-        return out

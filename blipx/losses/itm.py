@@ -1,4 +1,5 @@
-"""Image-text matching (ITM) with hard negatives (shared/reference/albef-blip.md §1.5, §2.5, §2.6).
+"""Image-text matching (ITM) with hard negatives (salesforce/ALBEF
+``models/model_pretrain.py``, salesforce/BLIP ``models/blip_pretrain.py`` / ``blip_retrieval.py``).
 
 Per step, for a batch of B pairs: one hard negative text per image and one hard negative image
 per text, each drawn with probability softmax(sim) over the candidates that are not of the same

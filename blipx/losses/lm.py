@@ -1,4 +1,5 @@
-"""Language-modelling loss of BLIP's decoder (albef-blip.md §2.2, §2.5, §2.7).
+"""Language-modelling loss of BLIP's decoder (salesforce/BLIP ``models/blip_pretrain.py``,
+``blip.py`` ``BLIP_Decoder``, ``blip_vqa.py``).
 
 Targets are the decoder ids with [PAD] -> -100 and the first ``prompt_length`` positions ->
 -100 (captioning: ``'a picture of '`` = 4 positions; pretraining: 0); the decoder input has
@@ -12,14 +13,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEC_ID, PAD_ID = 30522, 0
+from blipx.layers.configs import TextConfig
+
+_IDS = TextConfig()  # special token ids are defined once, in the text config
 
 
 def lm_inputs_and_targets(
     input_ids: torch.Tensor,
     *,
-    bos_token_id: int = DEC_ID,
-    pad_token_id: int = PAD_ID,
+    bos_token_id: int = _IDS.bos_token_id,
+    pad_token_id: int = _IDS.pad_token_id,
     prompt_length: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(decoder_input_ids, targets)`` from tokenized captions [B, T] starting with [CLS]."""

@@ -1,4 +1,5 @@
-"""Masked language modelling (ALBEF) with momentum distillation (albef-blip.md §1.6).
+"""Masked language modelling (ALBEF) with momentum distillation (salesforce/ALBEF
+``models/model_pretrain.py`` ``mask`` and the MLM distillation of its ``models/xbert.py``).
 
 Masking as ALBEF's ``mask``: each token is selected with probability 0.15, except [PAD] and
 [CLS] ([SEP] can be selected); of the selected, 80 % become [MASK], half of the rest (10 %) a
@@ -18,19 +19,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# bert-base-uncased ids (albef-blip.md §2.3)
-PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 101, 102, 103
-BERT_VOCAB_SIZE = 30522
+from blipx.layers.configs import TextConfig
+
+_IDS = TextConfig()  # special token ids are defined once, in the text config
 
 
 def mask_tokens(
     input_ids: torch.Tensor,
-    vocab_size: int = BERT_VOCAB_SIZE,
+    vocab_size: int,
     *,
     mask_prob: float = 0.15,
-    mask_token_id: int = MASK_ID,
-    pad_token_id: int = PAD_ID,
-    cls_token_id: int = CLS_ID,
+    mask_token_id: int = _IDS.mask_token_id,
+    pad_token_id: int = _IDS.pad_token_id,
+    cls_token_id: int = _IDS.cls_token_id,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(masked_ids, labels)`` for input_ids [B, L] (input left untouched).

@@ -14,7 +14,7 @@ from blipx.layers.vit import VisionTransformer
 from blipx.models.base import BlipxModel
 from blipx.models.config import ModelConfig
 from blipx.models.contrastive import ContrastiveHeadsMixin
-from blipx.models.outputs import MomentumOutput, PretrainOutput, RetrieverOutput
+from blipx.models.outputs import PretrainOutput, RetrieverOutput
 
 
 class _AlbefBase(ContrastiveHeadsMixin, BlipxModel):
@@ -38,14 +38,6 @@ class _AlbefBase(ContrastiveHeadsMixin, BlipxModel):
         """ITM logits [B*G, 2] from unimodal text states (index 1 = match)."""
         return self.itm_head(self.fuse(text_embeds, attention_mask, image_embeds)[:, 0])
 
-    @torch.no_grad()
-    def momentum_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None):
-        """Momentum-encoder features (run after the EMA update, as the official code does)."""
-        image_embeds = self.visual_encoder_m(pixel_values)
-        text_embeds = self.encode_text(input_ids, attention_mask, momentum=True)
-        return MomentumOutput(
-            image_embeds, self.image_features(image_embeds, True), text_embeds, self.text_features(text_embeds, True)
-        )
 
 
 class AlbefPretrainer(_AlbefBase):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,9 +13,9 @@ import torch
 from torch import nn
 
 from blipx.models.config import ModelConfig, get_config
-from blipx.weights import hf, official
+from blipx.models.layouts import hf, official
 from blipx.weights.io import CheckpointError, read_state_dict, write_json, write_safetensors
-from blipx.weights.loading import LoadReport, canonical_state_dict, load_into_model
+from blipx.weights.loading import LoadReport, alias_groups, canonical_state_dict, load_into_model
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -22,19 +23,35 @@ FORMAT_TAG = "blipx"
 _MOMENTUM_KEY = re.compile(r"\w+_m\.")
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
 def _resolve(path: str | os.PathLike) -> Path:
-    """A local path, or a hub id downloaded with huggingface_hub (only if the path is absent)."""
+    """A local path; or, for a string that is not one, a Hugging Face hub id of the form
+    ``org/name``, fetched with ``huggingface_hub`` when it is installed.
+
+    Anything else that does not exist fails here, naming the path: a typo in a local path must
+    not turn into a network call. A name whose first component exists here (``runs/model`` with
+    a ``runs/`` folder) or that ends like a weights file is local by intent.
+    """
     p = Path(path)
     if p.exists():
         return p
-    s = str(path)
-    if s.count("/") == 1 and not s.startswith((".", "/")):
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError as e:
-            raise FileNotFoundError(f"{s} is not a local path, and huggingface_hub is not installed") from e
+    s = os.fspath(path)
+    local_like = (not _HUB_ID.fullmatch(s) or Path(s.split("/")[0]).exists()
+                  or s.endswith((".pth", ".pt", ".bin", ".safetensors", ".json")))
+    if local_like:
+        raise FileNotFoundError(f"no such checkpoint file or directory: {s}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise FileNotFoundError(
+            f"no such checkpoint file or directory: {s} (and huggingface_hub, needed to read it as a hub id, "
+            "is not installed)") from e
+    try:
         return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors"]))
-    raise FileNotFoundError(f"no such checkpoint file or directory: {s}")
+    except Exception as e:  # offline, unknown repo, no access: one message that names both readings
+        raise FileNotFoundError(f"no such checkpoint file or directory: {s}; as a hub id it failed: {e}") from e
 
 
 def _read_dir_weights(d: Path) -> dict[str, torch.Tensor]:
@@ -51,6 +68,78 @@ def _read_dir_weights(d: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"no {WEIGHTS_NAME} (or pytorch_model.bin) in {d}")
 
 
+@dataclass
+class Checkpoint:
+    """What a checkpoint path holds, read once: tensors (in the file's own key names), the stored
+    or inferred config, and where it came from."""
+
+    path: Path
+    format: str  # "blipx", "hf" or "official"
+    state_dict: dict[str, torch.Tensor]
+    config: ModelConfig | None  # None: an official file read with config= given (not inferred)
+    architecture: str | None = None  # the class (blipx) or HF architecture that wrote it
+    queues: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return {"blipx": "blipx checkpoint", "hf": "HF BLIP checkpoint", "official": "official checkpoint"}[
+            self.format] + f" {self.path}"
+
+
+def read_checkpoint(path: str | os.PathLike, config: str | ModelConfig | None = None) -> Checkpoint:
+    """Read a blipx folder, an HF BLIP folder or an official file (see :meth:`BlipxModel.from_pretrained`)."""
+    p = _resolve(path)
+    if not p.is_dir():
+        sd, queues = official.split_queues(read_state_dict(p))
+        # Inference only when no config is given: it is what fails on unusual widths.
+        stored = None if config is not None else official.infer_config(sd)
+        return Checkpoint(p, "official", sd, stored, None, queues)
+    if not (p / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{p} has no {CONFIG_NAME}")
+    meta = _read_config_json(p / CONFIG_NAME)
+    if meta.get("format") == FORMAT_TAG:
+        try:
+            config = ModelConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise CheckpointError(f"{p / CONFIG_NAME}: not a valid blipx model config ({type(e).__name__}: {e})") from e
+        return Checkpoint(p, FORMAT_TAG, _read_dir_weights(p), config, meta.get("architecture"))
+    if hf.is_hf_config(meta):
+        arch = (meta.get("architectures") or [None])[0]
+        try:
+            config = hf.config_from_hf(meta)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise CheckpointError(f"{p / CONFIG_NAME}: not a valid HF BLIP config ({type(e).__name__}: {e})") from e
+        return Checkpoint(p, "hf", hf.state_dict_from_hf(_read_dir_weights(p)), config, arch)
+    raise CheckpointError(f"{p / CONFIG_NAME} is neither a blipx nor an HF BLIP config")
+
+
+def _read_config_json(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(meta).__name__}, not an object of config fields")
+    return meta
+
+
+def _with_aliases(sd: dict[str, torch.Tensor], ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """``sd`` with every name of each tied tensor of the architecture that wrote it: blipx folders
+    store a shared tensor once (safetensors refuses aliases), under its first name, and another
+    head may know it by another (BLIP's encoder and decoder share all but self-attention)."""
+    src_cls = BlipxModel.registry.get(ckpt.architecture or "")
+    if src_cls is None:
+        raise CheckpointError(f"{ckpt.path} holds an unknown architecture {ckpt.architecture!r}")
+    with torch.device("meta"):  # names and sharing only: no memory, no init
+        groups = alias_groups(src_cls(ckpt.config))
+    out = dict(sd)
+    for group in groups:
+        present = next((n for n in group if n in sd), None)
+        if present is not None:
+            out.update({n: sd[present] for n in group if n not in sd})
+    return out
+
+
 class BlipxModel(nn.Module):
     """Base of every blipx model: holds ``config`` and the (de)serialisation logic.
 
@@ -64,6 +153,13 @@ class BlipxModel(nn.Module):
     _optional_keys: ClassVar[tuple[str, ...]] = ()
     # True when ``text_encoder`` is a BertLMHead (``text_encoder.bert.*``: ALBEF pretraining).
     _text_encoder_is_lm: ClassVar[bool] = False
+
+    # Every concrete model class by name: what a blipx folder's "architecture" refers to.
+    registry: ClassVar[dict[str, type["BlipxModel"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        BlipxModel.registry[cls.__name__] = cls
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -94,41 +190,40 @@ class BlipxModel(nn.Module):
         """Load a blipx directory, an HF BLIP directory (``save_pretrained`` output) or an
         official Salesforce ``.pth``/``.safetensors`` file; returns the model in eval mode.
 
+        This is the one way in (:func:`blipx.models.from_pretrained` picks the class for you). A
+        blipx directory of another architecture loads when its weights are a superset of this
+        model's (a pretraining run's ``model/`` as a retriever or a captioner); what this model
+        does not use is listed in ``load_report.ignored``.
+
         ``config`` (a name from :func:`list_models` or a ModelConfig) replaces the stored or
         inferred architecture; ``overrides`` edit it (e.g. ``image_size=384`` resizes the
         position embedding). ``strict`` raises on missing/unexpected/mis-shaped keys.
         """
-        p = _resolve(path)
-        queues: dict[str, torch.Tensor] = {}
-        if p.is_dir():
-            if not (p / CONFIG_NAME).is_file():
-                raise CheckpointError(f"{p} has no {CONFIG_NAME}")
-            meta = json.loads((p / CONFIG_NAME).read_text())
-            sd = _read_dir_weights(p)
-            if meta.get("format") == FORMAT_TAG:
-                stored, source = ModelConfig.from_dict(meta["config"]), f"blipx checkpoint {p}"
-                if meta.get("architecture") != cls.__name__:
-                    raise CheckpointError(f"{p} holds a {meta.get('architecture')}, not a {cls.__name__}")
-            elif hf.is_hf_config(meta):
-                arch = (meta.get("architectures") or [None])[0]
-                if arch in hf.HF_ARCHITECTURES and hf.HF_ARCHITECTURES[arch] != cls.__name__:
-                    raise CheckpointError(
-                        f"{p} holds an HF {arch}; load it with {hf.HF_ARCHITECTURES[arch]}, not {cls.__name__}"
-                    )
-                stored, source = hf.config_from_hf(meta), f"HF BLIP checkpoint {p}"
-                sd = hf.state_dict_from_hf(sd)
-            else:
-                raise CheckpointError(f"{p / CONFIG_NAME} is neither a blipx nor an HF BLIP config")
-        else:
-            sd, queues = official.split_queues(read_state_dict(p))
-            stored = None if config is not None else official.infer_config(sd)
+        return cls.from_checkpoint(read_checkpoint(path, config), config=config, strict=strict, **overrides)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: "Checkpoint", *, config: str | ModelConfig | None = None, strict: bool = True,
+                        **overrides: Any):
+        """:meth:`from_pretrained` on an already-read :class:`Checkpoint`."""
+        sd = ckpt.state_dict
+        other_arch = ckpt.format == FORMAT_TAG and ckpt.architecture != cls.__name__
+        if ckpt.format == "hf" and ckpt.architecture in hf.HF_ARCHITECTURES \
+                and hf.HF_ARCHITECTURES[ckpt.architecture] != cls.__name__:
+            raise CheckpointError(f"{ckpt.path} holds an HF {ckpt.architecture}; load it with "
+                                  f"{hf.HF_ARCHITECTURES[ckpt.architecture]}, not {cls.__name__}")
+        if other_arch:
+            sd = _with_aliases(sd, ckpt)
+        if ckpt.format == "official" or other_arch:
+            # Official files, and blipx folders of another head (blipx keeps the official names):
+            # text_encoder.bert.* <-> text_encoder.* as the official loaders map them.
             sd = official.state_dict_from_official(sd, cls._text_encoder_is_lm)
-            source = f"official checkpoint {p}"
         if isinstance(config, str):
             config = get_config(config)
-        cfg = (config or stored).with_overrides(**overrides)
+        cfg = (config or ckpt.config).with_overrides(**overrides)
         model = cls(cfg)
         ignore, optional = model._ignore_keys, model._optional_keys
+        if other_arch:  # a superset: whatever this head does not use is reported, not loaded
+            ignore = (".*",)
         # A file without momentum copies (HF, fine-tuned heads) still initialises a model that
         # has them: they start as copies of the online weights, as ALBEF's ``copy_params`` does.
         init_momentum = model.has_momentum and not any(_MOMENTUM_KEY.match(k) for k in sd)
@@ -136,12 +231,12 @@ class BlipxModel(nn.Module):
             ignore = ignore + (_MOMENTUM_KEY.pattern + ".*",)
         elif init_momentum:
             optional = optional + (_MOMENTUM_KEY.pattern + ".*",)
-        model.load_report = load_into_model(
-            model, sd, ignore=ignore, allow_missing=optional, strict=strict, source=source
-        )
+        source = f"{ckpt.source} (holds a {ckpt.architecture})" if other_arch else ckpt.source
+        model.load_report = load_into_model(model, sd, ignore=ignore, allow_missing=optional, strict=strict,
+                                            source=source)
         if init_momentum:
             model.copy_momentum_from_online()
-        model.checkpoint_extras = queues
+        model.checkpoint_extras = ckpt.queues
         return model.eval()
 
     @property

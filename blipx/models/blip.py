@@ -7,7 +7,7 @@ Module names follow the official checkpoints (``visual_encoder``, ``text_encoder
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,7 +16,10 @@ from blipx.layers.vit import VisionTransformer
 from blipx.models.base import BlipxModel
 from blipx.models.config import ModelConfig
 from blipx.models.contrastive import ContrastiveHeadsMixin
-from blipx.models.outputs import CaptionerOutput, MomentumOutput, PretrainOutput, RetrieverOutput
+from blipx.models.outputs import CaptionerOutput, PretrainOutput, RetrieverOutput
+
+if TYPE_CHECKING:
+    from blipx.generation import GenerateOutput
 
 # Keys of official/HF files that belong to other BLIP heads or to training state.
 _PRETRAIN_HEADS = (r"text_encoder\..*", r"vision_proj\..*", r"text_proj\..*", r"itm_head\..*", r"temp")
@@ -97,30 +100,48 @@ class BlipCaptioner(BlipxModel):
         min_length: int = 0,
         max_length: int | None = None,
         max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
         num_return_sequences: int = 1,
         early_stopping: bool | str = False,
+        no_repeat_ngram_size: int = 0,
+        bad_words_ids: list[list[int]] | None = None,
+        return_dict: bool = False,
+        output_scores: bool = False,
         generator: torch.Generator | None = None,
         compact: float = 0.5,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | GenerateOutput:
         """Caption ids [B * num_return_sequences, P + new], as HF
         ``BlipForConditionalGeneration.generate`` returns them: prefix ([DEC] + prompt)
-        included, rows that finished early padded with 0 (greedy / sampling) or 102 (beam
-        search). ``max_length`` / ``min_length`` count the prefix; the default is 20 new tokens;
+        included, rows that finished early padded with [PAD] (greedy / sampling) or [SEP] (beam
+        search; HF fills with ``pad_token_id or eos``), ids from ``config.text``. ``max_length`` /
+        ``min_length`` count the prefix (``max_new_tokens`` / ``min_new_tokens`` do not); the
+        default is 20 new tokens;
         ``top_k`` defaults to 50 as in HF (pass ``top_k=0`` for pure nucleus sampling).
+        ``no_repeat_ngram_size`` / ``bad_words_ids``: HF's processors (prompt included in the
+        n-gram history). ``return_dict=True`` returns a :class:`blipx.generation.GenerateOutput`
+        (``sequences``, and for beam search ``sequences_scores`` and ``beam_indices``);
+        ``output_scores=True`` adds HF's per-step ``scores``. Every setting is checked up front
+        (:func:`blipx.generation.resolve`).
         ``prompt``: see :func:`decoder_prompt`. The image K/V is projected once per image and
         shared by all beams / return sequences (see :mod:`blipx.generation`). ``compact``: once
         finished images leave at most this fraction running, they leave the decoder (0 = never).
-        """
-        from blipx.generation import generate
 
+        ``pixel_values``: normalised float [B, 3, S, S] (uint8 images are refused: use
+        :meth:`caption` or :func:`blipx.data.image_processor`). B = 0 gives [0, P] ids;
+        non-finite pixel values raise ValueError.
+        """
+        from blipx.generation import check_pixel_values, generate
+
+        check_pixel_values(pixel_values)
         image_embeds = self.visual_encoder(pixel_values)
         ids = decoder_prompt(prompt, image_embeds.shape[0], self.config.text.bos_token_id, image_embeds.device)
         return generate(
             self.text_decoder, image_embeds, ids, generator=generator, num_beams=num_beams, do_sample=do_sample,
             temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
             length_penalty=length_penalty, min_length=min_length, max_length=max_length,
-            max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences, early_stopping=early_stopping,
-            compact=compact,
+            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_return_sequences=num_return_sequences,
+            early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
+            return_dict=return_dict, output_scores=output_scores, compact=compact,
         )
 
     def caption(self, images: Any, prompt: str | torch.Tensor | list | None = None, **kw) -> list[str]:
@@ -129,9 +150,9 @@ class BlipCaptioner(BlipxModel):
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             pixel_values = images
         else:
-            from blipx.image import blip_image_processor
+            from blipx.data.processing import image_processor
 
-            pixel_values = blip_image_processor(self.config.vision.image_size)(images)
+            pixel_values = image_processor(self.family, self.config.vision.image_size)(images)
         param = next(self.parameters())
         pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
         ids = self.generate(pixel_values, prompt, **kw)
@@ -164,8 +185,9 @@ class BlipRetriever(ContrastiveHeadsMixin, BlipxModel):
         h = self.text_encoder(input_ids, attention_mask, encoder_hidden_states=image_embeds).last_hidden_state
         return self.itm_head(h[:, 0])
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
-        return self.text_encoder(input_ids, attention_mask, mode="text").last_hidden_state
+    def encode_text(self, input_ids: torch.Tensor, attention_mask=None, momentum: bool = False) -> torch.Tensor:
+        enc = self.text_encoder_m if momentum else self.text_encoder
+        return enc(input_ids, attention_mask, mode="text").last_hidden_state
 
     def forward(
         self,
@@ -212,8 +234,9 @@ class BlipPretrainer(ContrastiveHeadsMixin, BlipxModel):
             le.intermediate = ld.intermediate
             le.output = ld.output
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
-        return self.text_encoder(input_ids, attention_mask, mode="text").last_hidden_state
+    def encode_text(self, input_ids: torch.Tensor, attention_mask=None, momentum: bool = False) -> torch.Tensor:
+        enc = self.text_encoder_m if momentum else self.text_encoder
+        return enc(input_ids, attention_mask, mode="text").last_hidden_state
 
     def itm_logits(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
         """Image-grounded encoder on [ENC]-prefixed ids -> ITM logits [B*G, 2]."""
@@ -226,15 +249,6 @@ class BlipPretrainer(ContrastiveHeadsMixin, BlipxModel):
         ids = with_first_token(input_ids, self.config.text.bos_token_id)
         logits, _ = self.text_decoder(ids, attention_mask, encoder_hidden_states=image_embeds, is_decoder=True)
         return logits
-
-    @torch.no_grad()
-    def momentum_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None):
-        """Momentum-encoder features (run after the EMA update, as the official code does)."""
-        image_embeds = self.visual_encoder_m(pixel_values)
-        text_embeds = self.text_encoder_m(input_ids, attention_mask, mode="text").last_hidden_state
-        return MomentumOutput(
-            image_embeds, self.image_features(image_embeds, True), text_embeds, self.text_features(text_embeds, True)
-        )
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> PretrainOutput:
         """``input_ids`` start with [CLS] (unimodal encoder); ITM and LM swap in [ENC] / [DEC]."""

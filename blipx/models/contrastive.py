@@ -4,12 +4,25 @@ retrieval/pretraining models (official names: ``vision_proj``, ``text_proj``, ``
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from blipx.models.config import ModelConfig
-from blipx.momentum import momentum_copy
+from blipx.models.outputs import MomentumOutput
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``module`` to serve as its momentum (EMA) encoder. The copy is part of
+    the model (checkpoint keys ``*_m``); the EMA that moves it is training state
+    (``blipx.train.momentum.MomentumEMA``)."""
+    m = copy.deepcopy(module)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
 
 _MOMENTUM_PAIRS = ("visual_encoder", "vision_proj", "text_encoder", "text_proj")
 
@@ -39,6 +52,16 @@ class ContrastiveHeadsMixin:
     def text_features(self, text_embeds: torch.Tensor, momentum: bool = False) -> torch.Tensor:
         proj = self.text_proj_m if momentum else self.text_proj
         return F.normalize(proj(text_embeds[:, 0]), dim=-1)
+
+    @torch.no_grad()
+    def momentum_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None):
+        """Momentum-encoder features (run after the EMA update, as the official code does); the
+        model's ``encode_text(..., momentum=True)`` runs its momentum text tower."""
+        image_embeds = self.visual_encoder_m(pixel_values)
+        text_embeds = self.encode_text(input_ids, attention_mask, momentum=True)
+        return MomentumOutput(
+            image_embeds, self.image_features(image_embeds, True), text_embeds, self.text_features(text_embeds, True)
+        )
 
     def copy_momentum_from_online(self) -> None:
         """Set every ``*_m`` module to a copy of its online module."""

@@ -27,7 +27,7 @@ class PretrainOutput:
     """One online forward of a pretraining model on matched pairs.
 
     ITM here covers the positive pairs only: hard negatives depend on the ITC similarities
-    and are sampled outside (issue 4), then scored with the model's ``itm_logits`` method.
+    and are sampled outside (``blipx.losses.sample_itm_negatives``), then scored with the model's ``itm_logits`` method.
     """
 
     image_embeds: torch.Tensor  # [B, 1+N, Dv]

@@ -2,7 +2,11 @@
 
 Each op dispatches to its C++ (CPU) or CUDA kernel, or to its reference twin in
 :mod:`blipx.ops.reference` when kernels are switched off (``BLIPX_USE_KERNELS=0``) or missing
-for the device (with a one-time warning).
+for the device (with a one-time warning); all-meta calls go to the fake kernels. Both paths
+refuse the same arguments with the same ``RuntimeError("blipx.<op>: ...")``: the rules live
+once, in csrc/checks.cpp, and the references run them through ``blipx::_check_<op>`` (see
+:func:`blipx.ops._checks.check_args`). All tensors of a call must share one device; a meta
+tensor mixed with real ones is refused, naming the argument.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from blipx.ops import _fake  # noqa: F401  (fake kernels for torch.compile)
 from blipx.ops import reference
 from blipx.ops._backend import OP_NAMES, has_kernel, kernel_for, set_use_kernels, use_kernels
+from blipx.ops._checks import sampling_args
 
 __all__ = [
     "OP_NAMES",
@@ -34,6 +39,10 @@ def momentum_update_(ema_params: Sequence[torch.Tensor], params: Sequence[torch.
 
     ema_params / params: equally long lists of same-shape tensors on one device; dtypes
     fp32, fp16 or bf16 (equal per pair), or an fp32 EMA of fp16/bf16 params. momentum in [0, 1].
+    No EMA tensor may share memory with another EMA tensor (the same tensor twice, overlapping
+    views) or with any param, its own included: the updates run in parallel, so the result would
+    depend on the thread count, and an EMA that *is* its parameter is no EMA (a momentum model
+    must be a copy). Params may share memory with each other (they are only read).
     On CUDA: one multi-tensor launch per dtype pair (and per ~960 tensors), no host sync,
     capturable in a CUDA graph. Never part of autograd.
     """
@@ -54,8 +63,8 @@ def enqueue_(queue: torch.Tensor, ptr: torch.Tensor, feats: torch.Tensor) -> Non
 
     Rows ``(ptr + i) % Q`` get ``feats[i]`` (wrapping around; Q need not be a multiple of N),
     then ``ptr`` (int64, one element, on the queue's device) advances to ``(ptr + N) % Q`` on
-    the device. feats must have the queue's dtype and row shape, and N <= Q. Serves the
-    image/text feature queues ([Q, 256]) and the image-id queue ([Q]).
+    the device. feats must have the queue's dtype and row shape, and N <= Q; queue, ptr and
+    feats must not share memory. Serves the image/text feature queues ([Q, 256]) and the image-id queue ([Q]).
     """
     with torch.no_grad():
         if kernel_for("enqueue_", queue.device):
@@ -108,21 +117,9 @@ def sample_tokens(
     +inf logit returns -1. Reproducible for a seeded ``generator`` of logits' device type.
     Reference (the spec): :func:`blipx.ops.reference.sample_tokens_ref`.
     """
-    temps = temperature if isinstance(temperature, torch.Tensor) else None
-    ks = top_k if isinstance(top_k, torch.Tensor) else None
-    ps = top_p if isinstance(top_p, torch.Tensor) else None
     with torch.no_grad():
         if kernel_for("sample_tokens", logits.device):
-            return torch.ops.blipx.sample_tokens.default(
-                logits,
-                1.0 if temps is not None else float(temperature),
-                0 if ks is not None else int(top_k),
-                1.0 if ps is not None else float(top_p),
-                temps,
-                ks,
-                ps,
-                generator,
-            )
+            return torch.ops.blipx.sample_tokens.default(logits, *sampling_args(temperature, top_k, top_p), generator)
         return reference.sample_tokens_ref(logits, temperature, top_k, top_p, generator)
 
 

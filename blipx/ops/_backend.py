@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from blipx import _native
+from blipx.ops import _fake  # noqa: F401  (registers the fake (Meta) kernels _AVAILABLE looks up)
 
 _use_kernels = os.environ.get("BLIPX_USE_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
 _warned: set[tuple[str, str]] = set()
@@ -35,17 +36,19 @@ def set_use_kernels(enabled: bool) -> None:
 
 
 def has_kernel(op: str, device_type: str) -> bool:
-    """Whether the build registered a kernel for ``blipx::op`` on ``device_type`` ('cpu', 'cuda')."""
+    """Whether the build registered a kernel for ``blipx::op`` on ``device_type`` ('cpu', 'cuda',
+    or 'meta': the fake kernel of blipx/ops/_fake.py)."""
     if _native._C is None or not hasattr(torch.ops.blipx, op):
         return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    key = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}.get(device_type)
     if key is None:
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"blipx::{op}", key)
 
 
 # Looked up once: torch.compile traces a dict lookup, not the dispatcher query.
-_AVAILABLE = {(op, dev): has_kernel(op, dev) for op in OP_NAMES for dev in ("cpu", "cuda")}
+# Meta tensors go to the fake kernels, as torch.ops would send them, rather than to the references.
+_AVAILABLE = {(op, dev): has_kernel(op, dev) for op in OP_NAMES for dev in ("cpu", "cuda", "meta")}
 
 
 def kernel_for(op: str, device: torch.device) -> bool:

@@ -1,6 +1,8 @@
 """Fake (meta) kernels: output metadata for torch.compile / FakeTensor tracing.
 
-The two mutating ops return nothing, so their fake kernels only need to exist.
+The two mutating ops return nothing, so their fake kernels only need to exist. Each first runs
+its op's argument checks on real meta tensors (``check_args`` skips fake tensors): a meta tensor
+mixed into a CPU or CUDA call is dispatched here, and must be refused, not silently ignored.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from blipx import _native
+from blipx.ops._checks import check_args
 
 
 def _exists(name: str) -> bool:
@@ -20,6 +23,7 @@ if _exists("momentum_update_"):
 
     @torch.library.register_fake("blipx::momentum_update_")
     def _momentum_update_fake(ema_params, params, momentum):
+        check_args("momentum_update", ema_params, params, momentum)
         return None
 
 
@@ -27,6 +31,7 @@ if _exists("enqueue_"):
 
     @torch.library.register_fake("blipx::enqueue_")
     def _enqueue_fake(queue, ptr, feats):
+        check_args("enqueue", queue, ptr, feats)
         return None
 
 
@@ -34,6 +39,7 @@ if _exists("sample_hard_negatives"):
 
     @torch.library.register_fake("blipx::sample_hard_negatives")
     def _sample_hard_negatives_fake(sim, positive_mask=None, generator=None):
+        check_args("sample_hard_negatives", sim, positive_mask, generator)
         torch._check(sim.dim() == 2, lambda: f"blipx.sample_hard_negatives: sim must be 2-D, got {sim.dim()}-D")
         return sim.new_empty((sim.shape[0],), dtype=torch.long)
 
@@ -43,6 +49,7 @@ if _exists("sample_tokens"):
     @torch.library.register_fake("blipx::sample_tokens")
     def _sample_tokens_fake(logits, temperature=1.0, top_k=0, top_p=1.0, temperatures=None, top_ks=None,
                             top_ps=None, generator=None):
+        check_args("sample_tokens", logits, temperature, top_k, top_p, temperatures, top_ks, top_ps, generator)
         torch._check(logits.dim() == 2, lambda: f"blipx.sample_tokens: logits must be 2-D, got {logits.dim()}-D")
         return logits.new_empty((logits.shape[0],), dtype=torch.long)
 
@@ -52,6 +59,8 @@ if _exists("beam_search_step"):
     @torch.library.register_fake("blipx::beam_search_step")
     def _beam_search_step_fake(logits, beam_scores, sequences, num_beams, cur_len, eos_token_id, min_length=0,
                                repetition_penalty=1.0):
+        check_args("beam_search_step", logits, beam_scores, sequences, num_beams, cur_len, eos_token_id, min_length,
+                   repetition_penalty)
         torch._check(logits.dim() == 2, lambda: f"blipx.beam_search_step: logits must be 2-D, got {logits.dim()}-D")
         b = logits.shape[0] // num_beams
         scores = logits.new_empty((b, 2 * num_beams), dtype=torch.float32)
@@ -69,6 +78,7 @@ if _exists("cross_attention_fwd"):
 
     @torch.library.register_fake("blipx::cross_attention_fwd")
     def _cross_attention_fwd_fake(q, k, v, key_padding_mask, scale):
+        check_args("cross_attention", q, k, v, key_padding_mask, scale)
         torch._check(q.dim() == 4 and k.dim() == 4, lambda: "blipx.cross_attention: q and k must be 4-D")
         bg, h, lq, d = q.shape
         lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -79,6 +89,7 @@ if _exists("cross_attention_bwd"):
 
     @torch.library.register_fake("blipx::cross_attention_bwd")
     def _cross_attention_bwd_fake(dout, q, k, v, key_padding_mask, out, lse, scale):
+        check_args("cross_attention_bwd", dout, q, k, v, key_padding_mask, out, lse, scale)
         bg, h, lq, d = q.shape
         b, lk = k.shape[0], k.shape[2]
         return _bhld(q, bg, h, lq, d), _bhld(k, b, h, lk, d), _bhld(v, b, h, lk, d)

@@ -3,6 +3,10 @@
 Kernels are tested against these, benchmarks use them as the baseline, and
 ``BLIPX_USE_KERNELS=0`` makes the library run them instead of the compiled kernels. They favour
 obviously-right over fast, but stay host-sync-free like the kernels they specify.
+
+Each first runs its kernel's argument checks (``check_args``: the rules of csrc/checks.cpp, not a
+copy of them), so switching kernels off never makes a refused call succeed. Without a compiled
+library, and while tracing, they run unchecked.
 """
 
 from __future__ import annotations
@@ -11,13 +15,19 @@ from collections.abc import Sequence
 
 import torch
 
+from blipx.ops._checks import check_args, sampling_args
+
 
 def momentum_update_ref(ema_params: Sequence[torch.Tensor], params: Sequence[torch.Tensor], momentum: float) -> None:
     """In place, for every pair: ``ema = momentum * ema + (1 - momentum) * param``.
 
     Computed in float32 and rounded once to the EMA's dtype (fp32, fp16 or bf16; an fp32 EMA
-    may track fp16/bf16 params). Shapes of each pair must match.
+    may track fp16/bf16 params). Shapes of each pair must match; no EMA tensor may share memory
+    with another EMA tensor or with a param.
     """
+    ema_params, params = list(ema_params), list(params)
+    if ema_params or params:  # the check op dispatches on a tensor
+        check_args("momentum_update", ema_params, params, float(momentum))
     m = float(momentum)
     with torch.no_grad():
         for e, p in zip(ema_params, params, strict=True):
@@ -32,6 +42,7 @@ def enqueue_ref(queue: torch.Tensor, ptr: torch.Tensor, feats: torch.Tensor) -> 
     official ALBEF/BLIP code, Q need not be a multiple of N, and the pointer is never read on
     the host.
     """
+    check_args("enqueue", queue, ptr, feats)
     q = queue.shape[0]
     n = feats.shape[0]
     with torch.no_grad():
@@ -55,12 +66,11 @@ def cross_attention_ref(
     [B, Lk], True marks keys to ignore (as nn.MultiheadAttention). scale defaults to D**-0.5.
     Returns [B*G, H, Lq, D]; a query whose keys are all masked gets zeros. Softmax runs in fp32.
     """
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    check_args("cross_attention", q, k, v, key_padding_mask, scale)
     bg, h, lq, d = q.shape
     b = k.shape[0]
-    if b == 0 or bg % b != 0:
-        raise ValueError(f"cross_attention: q rows ({bg}) must be a positive multiple of k rows ({b})")
     g = bg // b
-    scale = d**-0.5 if scale is None else scale
     qg = q.reshape(b, g, h, lq, d).transpose(1, 2).reshape(b, h, g * lq, d)  # [B, H, G*Lq, D]
     scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, H, G*Lq, Lk]
     if key_padding_mask is not None:
@@ -85,23 +95,10 @@ def sample_hard_negatives_ref(
     probability 0 (none left, or all -inf) gives -1. Gumbel-max in fp32 (fp64 for fp64 input):
     ``argmax(sim - log(E))`` with ``E ~ Exp(1)``, no host sync.
     """
-    if sim.dim() != 2:
-        raise ValueError(f"sample_hard_negatives: sim must be 2-D [B, N], got shape {tuple(sim.shape)}")
+    check_args("sample_hard_negatives", sim, positive_mask, generator)
     b, n = sim.shape
     s = sim.double() if sim.dtype == torch.float64 else sim.float()
-    if positive_mask is None:
-        if b != n:
-            raise ValueError(
-                f"sample_hard_negatives: sim has shape {tuple(sim.shape)}; positive_mask is required when sim is not square"
-            )
-        excluded = torch.eye(b, dtype=torch.bool, device=sim.device)
-    else:
-        if positive_mask.dtype != torch.bool or positive_mask.shape != sim.shape:
-            raise ValueError(
-                "sample_hard_negatives: positive_mask must be a bool tensor shaped like sim "
-                f"{tuple(sim.shape)}, got {positive_mask.dtype} {tuple(positive_mask.shape)}"
-            )
-        excluded = positive_mask
+    excluded = torch.eye(b, dtype=torch.bool, device=sim.device) if positive_mask is None else positive_mask
     excluded = excluded | torch.isnan(s)
     pos_inf = (s == float("inf")) & ~excluded
     row_has_inf = pos_inf.any(dim=1, keepdim=True)
@@ -135,15 +132,48 @@ def sample_tokens_probs_ref(
     In fp32, per row: TemperatureLogitsWarper (``scores / temperature``), TopKLogitsWarper
     (remove ``scores < k-th largest``, so ties with the k-th value stay), TopPLogitsWarper
     (ascending sort, ``softmax().cumsum()``, remove where ``cum <= 1 - top_p``, always keeping the
-    largest), then ``softmax``. Each parameter is a scalar or a [B] tensor.
+    largest), then ``softmax``. Each parameter is a scalar (validated as by the kernels:
+    temperature >= 0, top_k >= 0, top_p in [0, 1]) or a [B] tensor (not validated, no host sync).
     ``temperature <= 0`` means greedy: the first index of the row max (torch.argmax).
     ``top_k <= 0`` or ``>= V`` and ``top_p >= 1`` switch the filter off; ``top_p <= 0`` keeps only
     the max. Beyond HF: NaN logits count as -inf; a row with +inf logits draws uniformly among
     them (the softmax's limit; HF would produce NaN). Ties in the top-p sort: HF keeps part of a
     tie group that straddles p, the kernels keep all of it.
     """
-    if logits.dim() != 2:
-        raise ValueError(f"sample_tokens: logits must be 2-D [B, V], got shape {tuple(logits.shape)}")
+    check_args("sample_tokens", logits, *sampling_args(temperature, top_k, top_p), None)
+    return _sample_tokens_probs(logits, temperature, top_k, top_p)
+
+
+def sample_tokens_scores_ref(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """HF's sampling warpers as scores: fp32 [B, V] logits after temperature, top-k and top-p
+    (rules in :func:`sample_tokens_probs_ref`), removed tokens at -inf. This is what HF's
+    ``generate(output_scores=True)`` returns per step when sampling, and
+    :func:`sample_tokens_probs_ref` is its softmax (greedy rows, ``temperature <= 0``, are not
+    divided; their filters are applied but the draw ignores them)."""
+    check_args("sample_tokens", logits, *sampling_args(temperature, top_k, top_p), None)
+    return _sample_tokens_scores(logits, temperature, top_k, top_p)
+
+
+def _sample_tokens_probs(logits, temperature, top_k, top_p) -> torch.Tensor:
+    # sample_tokens_probs_ref without the argument checks, for callers that ran them already.
+    b, v = logits.shape
+    ninf = float("-inf")
+    x = logits.float().masked_fill(torch.isnan(logits), ninf)
+    greedy = ~(_row_param(temperature, b, torch.float32, logits.device) > 0)
+    valid_row = (x > ninf).any(dim=1, keepdim=True)
+    probs = torch.softmax(_sample_tokens_scores(logits, temperature, top_k, top_p), dim=-1)
+    one_hot = torch.nn.functional.one_hot(x.argmax(dim=1), v).float() if v > 0 else probs
+    probs = torch.where(greedy[:, None], one_hot, probs)
+    return torch.where(valid_row, probs, 0.0)
+
+
+def _sample_tokens_scores(logits, temperature, top_k, top_p) -> torch.Tensor:
+    # sample_tokens_scores_ref without the argument checks.
     b, v = logits.shape
     dev = logits.device
     ninf = float("-inf")
@@ -151,9 +181,7 @@ def sample_tokens_probs_ref(
     t = _row_param(temperature, b, torch.float32, dev)
     k = _row_param(top_k, b, torch.long, dev)
     p = _row_param(top_p, b, torch.float32, dev)
-    greedy = ~(t > 0)
-    valid_row = (x > ninf).any(dim=1, keepdim=True)
-    s = x / torch.where(greedy, 1.0, t)[:, None]
+    s = x / torch.where(t > 0, t, 1.0)[:, None]
     inf_row = (s == float("inf")).any(dim=1, keepdim=True)
     s = torch.where(inf_row, torch.where(s == float("inf"), 0.0, ninf), s)  # uniform over +inf tokens
     # Top-k with per-row k: the k-th largest via a descending sort.
@@ -166,11 +194,7 @@ def sample_tokens_probs_ref(
     remove_sorted = cum <= (1 - p)[:, None]
     remove_sorted[:, -1] = False
     remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
-    s = s.masked_fill((p < 1)[:, None] & remove, ninf)
-    probs = torch.softmax(s, dim=-1)
-    one_hot = torch.nn.functional.one_hot(x.argmax(dim=1), v).float() if v > 0 else probs
-    probs = torch.where(greedy[:, None], one_hot, probs)
-    return torch.where(valid_row, probs, 0.0)
+    return s.masked_fill((p < 1)[:, None] & remove, ninf)
 
 
 def sample_tokens_ref(
@@ -184,7 +208,8 @@ def sample_tokens_ref(
     :func:`sample_tokens_probs_ref` for the exact rules) then ``torch.multinomial``.
     Returns int64 [B] on logits' device; -1 for a row with no finite or +inf logit.
     """
-    probs = sample_tokens_probs_ref(logits, temperature, top_k, top_p)
+    check_args("sample_tokens", logits, *sampling_args(temperature, top_k, top_p), generator)
+    probs = _sample_tokens_probs(logits, temperature, top_k, top_p)
     valid = probs.sum(dim=1) > 0
     drawn = torch.multinomial(torch.where(valid[:, None], probs, 1.0), 1, generator=generator).squeeze(1)
     return torch.where(valid, drawn, torch.full_like(drawn, -1))
@@ -210,10 +235,13 @@ def beam_search_step_ref(
     ``cur_len < min_length``; add beam_scores; view [B, K*V]; ``topk(2K)``. Returns
     (scores fp32 [B, 2K] descending, tokens int64 [B, 2K], source beams int64 [B, 2K] in [0, K)).
     """
+    cur_len = sequences.shape[1] if cur_len is None else int(cur_len)
+    eos = -1 if eos_token_id is None else int(eos_token_id)
+    check_args("beam_search_step", logits, beam_scores, sequences, int(num_beams), cur_len, eos, int(min_length),
+               float(repetition_penalty))
     bk, v = logits.shape
     k = int(num_beams)
     b = bk // k
-    cur_len = sequences.shape[1] if cur_len is None else int(cur_len)
     lp = torch.log_softmax(logits.float(), dim=-1)
     if repetition_penalty != 1.0 and cur_len > 0:
         seq = sequences[:, :cur_len]
@@ -222,8 +250,8 @@ def beam_search_step_ref(
         mark.scatter_(1, torch.where(ok, seq, v), True)
         penalized = torch.where(lp < 0, lp * repetition_penalty, lp / repetition_penalty)
         lp = torch.where(mark[:, :v], penalized, lp)
-    if eos_token_id is not None and eos_token_id >= 0 and cur_len < min_length:
-        lp[:, eos_token_id] = float("-inf")
+    if eos >= 0 and cur_len < min_length:
+        lp[:, eos] = float("-inf")
     acc = (lp + beam_scores.float()[:, None]).view(b, k * v)
     scores, idx = acc.topk(2 * k, dim=1)
     return scores, idx % v, torch.div(idx, v, rounding_mode="floor")

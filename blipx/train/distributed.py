@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -55,3 +57,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_session(device: str = "auto") -> Iterator[DistInfo]:
+    """``init_distributed`` ... ``cleanup``: the one place a run (training, CapFilt) joins and
+    leaves the process group, whether it ends normally or by an exception."""
+    info = init_distributed(device)
+    try:
+        yield info
+    finally:
+        cleanup()

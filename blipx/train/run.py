@@ -9,56 +9,44 @@ from pathlib import Path
 
 from torch import nn
 
-from blipx.train.config import TrainConfig
-
-# task -> (model family, model task, the Task class's module attribute)
-TASKS = {
-    "blip_pretrain": ("blip", "pretrain"),
-    "albef_pretrain": ("albef", "pretrain"),
-    "blip_caption": ("blip", "captioner"),
-    "blip_retrieval": ("blip", "retriever"),
-    "albef_retrieval": ("albef", "retriever"),
-}
-
-
-def tokenizer_for(family: str):
-    from blipx.tokenizer import bert_tokenizer, blip_tokenizer
-
-    return blip_tokenizer() if family == "blip" else bert_tokenizer()
+from blipx.train.config import TASKS, ConfigError, TrainConfig
 
 
 def build_model(cfg: TrainConfig):
     from blipx.models import MODEL_CLASSES, create_model
 
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; choose from {sorted(TASKS)}")
-    family, model_task = TASKS[cfg.task]
-    extra = {"momentum": True} if model_task == "retriever" else {}
+    family, model_task = TASKS[cfg.task]  # a known task: TrainConfig checked it
+    # Retrieval and ALBEF VQA distil from momentum copies (salesforce/ALBEF model_vqa.py).
+    extra = {"momentum": True} if model_task == "retriever" or cfg.task == "albef_vqa" else {}
     if cfg.init:
-        from blipx.models.downstream import load_model_as
-
-        return load_model_as(MODEL_CLASSES[(family, model_task)], cfg.init, **cfg.model_overrides, **extra)
+        return MODEL_CLASSES[(family, model_task)].from_pretrained(cfg.init, **cfg.model_overrides, **extra)
     model = create_model(cfg.model, model_task, **cfg.model_overrides, **extra)
     if model.config.family != family:
-        raise ValueError(f"task {cfg.task} needs a {family} model, but {cfg.model} is {model.config.family}")
+        raise ConfigError(f"model={cfg.model!r}: task {cfg.task} needs a {family} model, not {model.config.family}")
     return model
 
 
 def build_task(cfg: TrainConfig, model, tokenizer) -> nn.Module:
-    from blipx.train.finetune import CaptionTask, RetrievalTask
+    from blipx.train.finetune import AlbefRetrievalTask, BlipRetrievalTask, CaptionTask
     from blipx.train.task import AlbefPretrainTask, BlipPretrainTask
+    from blipx.train.vqa import AlbefVqaTask, BlipVqaTask
 
-    fresh = cfg.init is None  # momentum copies start as the online weights unless loaded
-    common = dict(queue_size=cfg.queue_size, momentum=cfg.momentum, alpha=cfg.alpha)
-    if cfg.task == "blip_pretrain":
-        return BlipPretrainTask(model, copy_momentum=fresh, label_smoothing=cfg.label_smoothing, **common)
-    if cfg.task == "albef_pretrain":
-        return AlbefPretrainTask(model, copy_momentum=fresh, **common)
     if cfg.task == "blip_caption":
         # 'a picture of ' -> [CLS] a picture of [SEP]: 5 ids, minus [SEP] = 4 (official).
         return CaptionTask(model, prompt_length=len(tokenizer(cfg.prompt).input_ids) - 1,
                            label_smoothing=cfg.label_smoothing)
-    return RetrievalTask(model, copy_momentum=fresh or not model.has_momentum, **common)
+    # The momentum copies start as the online weights unless they were loaded with the model
+    # (a file without *_m initialises them as copies at load time).
+    common = dict(queue_size=cfg.queue_size, momentum=cfg.momentum, alpha=cfg.alpha, copy_momentum=cfg.init is None)
+    if cfg.task == "blip_pretrain":
+        return BlipPretrainTask(model, label_smoothing=cfg.label_smoothing, **common)
+    if cfg.task == "albef_pretrain":
+        return AlbefPretrainTask(model, **common)
+    if cfg.task == "blip_vqa":
+        return BlipVqaTask(model, label_smoothing=cfg.label_smoothing)
+    if cfg.task == "albef_vqa":
+        return AlbefVqaTask(model, momentum=cfg.momentum, alpha=cfg.alpha, copy_momentum=cfg.init is None)
+    return {"blip_retrieval": BlipRetrievalTask, "albef_retrieval": AlbefRetrievalTask}[cfg.task](model, **common)
 
 
 def build_data(cfg: TrainConfig, model, tokenizer, split: str = "train", train: bool = True):
@@ -66,6 +54,10 @@ def build_data(cfg: TrainConfig, model, tokenizer, split: str = "train", train: 
     WebDataset shards (a .tar path or brace pattern)."""
     from blipx.data import ImageTextCollator, TrainTransform, eval_transform, get_dataset
 
+    if cfg.task.endswith("_vqa"):
+        from blipx.train.vqa import build_vqa_data
+
+        return build_vqa_data(cfg, model, tokenizer, split)
     family = model.config.family
     size = model.config.vision.image_size
     opts = dict(cfg.data_options)
@@ -82,7 +74,7 @@ def build_data(cfg: TrainConfig, model, tokenizer, split: str = "train", train: 
     elif cfg.data.endswith((".json", ".jsonl")):
         files = cfg.data.split(",")
         dataset = get_dataset("json", ann_files=files, image_root=cfg.image_root or str(Path(files[0]).parent),
-                              transform=transform, **opts)
+                              transform=transform, allow_outside_root=cfg.allow_outside_root, **opts)
     else:
         dataset = get_dataset("webdataset", urls=cfg.data, transform=transform, **opts)
     collate = ImageTextCollator(tokenizer, max_length=cfg.max_text_len,
@@ -95,6 +87,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> list[dict]:
     """Train per ``cfg`` (torchrun-aware); writes checkpoints, metrics.jsonl and loss_curves.png."""
     import torch
 
+    from blipx.tokenizer import tokenizer_for
     from blipx.train.distributed import cleanup, init_distributed
     from blipx.train.plots import plot_metrics
     from blipx.train.trainer import Trainer, estimate_flops_per_image
@@ -112,9 +105,10 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> list[dict]:
         passes = 3 if cfg.task.endswith("pretrain") else 2
         flops = estimate_flops_per_image(model, image_tokens, cfg.max_text_len, passes)
         trainer = Trainer(task, cfg, dataset, collate, dist=dist, flops_per_image=flops)
-        history = trainer.fit(progress=progress)
-        if dist.is_main and (Path(cfg.out_dir) / "metrics.jsonl").is_file():
-            plot_metrics(Path(cfg.out_dir) / "metrics.jsonl")
+        history = trainer.fit(progress=progress)  # RunError when no optimizer step was taken
+        if dist.is_main:
+            if (Path(cfg.out_dir) / "metrics.jsonl").is_file():
+                plot_metrics(Path(cfg.out_dir) / "metrics.jsonl")
             model.save_pretrained(Path(cfg.out_dir) / "model")
         return history
     finally:

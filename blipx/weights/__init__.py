@@ -1,8 +1,7 @@
-"""Reading, converting and writing model weights.
+"""Reading and writing model weights (the conversions of other layouts are in
+``blipx.models.layouts``, because they build model configs).
 
 - ``io``: safe file access (safetensors, or ``torch.load(weights_only=True)``; atomic writes).
-- ``hf``: Hugging Face BLIP directories (config + key renames).
-- ``official``: Salesforce ALBEF/BLIP ``.pth`` layouts (key renames, config inference).
 - ``loading``: filling a model from a state dict with tied-weight aliases and clear errors.
 """
 

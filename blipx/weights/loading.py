@@ -27,6 +27,9 @@ class LoadReport:
     kept_init: list[str] = field(default_factory=list)
     # Position embeddings resized to the model's image size.
     interpolated: list[str] = field(default_factory=list)
+    # With strict=False: checkpoint tensors whose shape does not fit (not loaded; the model
+    # tensor keeps its initial value), as "name: checkpoint (..) vs model (..)".
+    mismatched: list[str] = field(default_factory=list)
 
 
 def alias_groups(model: nn.Module) -> list[list[str]]:
@@ -108,4 +111,5 @@ def load_into_model(
             report.loaded.extend(group)
     report.kept_init.extend(missing)
     report.ignored.extend(unexpected)
+    report.mismatched.extend(mismatched)
     return report

@@ -1,15 +1,12 @@
 // CUDA entry point for blipx::beam_search_step: checks, a [B*K, 2K] candidate buffer from the
 // caching allocator, then the two launches of blipx/beam_search_step.cuh on the current stream.
 // No host sync; capturable in a CUDA graph.
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <tuple>
 
 #include "blipx/beam_search_step.cuh"
 #include "checks.h"
+#include "device.h"
 
 namespace blipx {
 namespace {
@@ -21,8 +18,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_step_cuda(const at::T
   constexpr const char* op = "beam_search_step";
   const auto shape = check_beam_search_step_args(logits, beam_scores, sequences, cur_len, eos_token_id, min_length,
                                                  repetition_penalty, num_beams);
-  BLIPX_CHECK(logits.is_cuda(), op, "logits must be a CUDA tensor for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(logits.device());
+  BLIPX_CHECK(device::holds(logits), op, "logits must be a CUDA tensor for the CUDA kernel");
+  const device::Guard guard(logits.device());
   const int64_t b = shape.batch, k = shape.beams, v = shape.vocab, n2k = 2 * k;
   BLIPX_CHECK(b * k <= int64_t{0x7fffffff}, op, "too many rows: ", b * k);
   const auto opts = logits.options();
@@ -36,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_step_cuda(const at::T
   auto cand_tokens = at::empty({b * k, per_beam}, opts.dtype(at::kInt));
   const at::Tensor bs = beam_scores.contiguous();
 
-  const int max_smem = static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) - 1024;
+  const int max_smem = device::limits().smem_optin - 1024;
   BLIPX_CHECK((v + 31) / 32 * 4 <= max_smem, op, "vocabulary of ", v, " tokens is too large for the token bitmask");
 
   BeamStepParams p;
@@ -60,18 +57,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_step_cuda(const at::T
   p.out_tokens = tokens.data_ptr<int64_t>();
   p.out_beams = beams.data_ptr<int64_t>();
 
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = device::stream();
   cudaError_t err = cudaSuccess;
   switch (logits.scalar_type()) {
     case at::kFloat: err = beam_search_step_launch<float>(p, max_smem, stream); break;
     case at::kHalf: err = beam_search_step_launch<__half>(p, max_smem, stream); break;
     default: err = beam_search_step_launch<__nv_bfloat16>(p, max_smem, stream); break;
   }
-  C10_CUDA_CHECK(err);
+  device::check(err);
   return {scores, tokens, beams};
 }
 
 }  // namespace
 }  // namespace blipx
 
-TORCH_LIBRARY_IMPL(blipx, CUDA, m) { m.impl("beam_search_step", &blipx::beam_search_step_cuda); }
+BLIPX_DEVICE_KERNELS(m) { BLIPX_DEVICE_KERNEL(m, "beam_search_step", &blipx::beam_search_step_cuda); }

@@ -1,12 +1,9 @@
 // CUDA entry points for blipx::cross_attention_fwd / cross_attention_bwd: argument checks, output
 // allocation, strides into CrossAttnParams, dispatch over dtype x head dim, launch on the current
 // stream. No host sync. Kernels: blipx/cross_attention.cuh.
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
 #include "blipx/cross_attention.cuh"
 #include "checks.h"
+#include "device.h"
 
 namespace blipx {
 namespace {
@@ -86,8 +83,8 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_fwd_cuda(const at::Tensor& q_
                                                             const std::optional<at::Tensor>& key_padding_mask,
                                                             double scale) {
   const auto sh = check_cross_attention_args(q_in, k_in, v_in, key_padding_mask, scale, /*allow_double=*/false);
-  BLIPX_CHECK(q_in.is_cuda(), kOp, "q must be a CUDA tensor for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(q_in.device());
+  BLIPX_CHECK(device::holds(q_in), kOp, "q must be a CUDA tensor for the CUDA kernel");
+  const device::Guard guard(q_in.device());
   const at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
   const at::Tensor mask = key_padding_mask.has_value() ? *key_padding_mask : at::Tensor();
   const int64_t bg = sh.batch * sh.groups;
@@ -98,10 +95,10 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_fwd_cuda(const at::Tensor& q_
   p.out = out.data_ptr();
   p.so = strides_of(out);
   p.lse = lse.data_ptr<float>();
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = device::stream();
   dispatch_dtype(q.scalar_type(), [&](auto t) {
     using T = decltype(t);
-    dispatch_head_dim(sh.head_dim, [&](auto kd) { C10_CUDA_CHECK((cross_attn_fwd_launch<T, decltype(kd)::value>(p, stream))); });
+    dispatch_head_dim(sh.head_dim, [&](auto kd) { device::check(cross_attn_fwd_launch<T, decltype(kd)::value>(p, stream)); });
   });
   return {out, lse};
 }
@@ -112,8 +109,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cuda(
     double scale) {
   const auto sh = check_cross_attention_args(q_in, k_in, v_in, key_padding_mask, scale, /*allow_double=*/false);
   check_cross_attention_bwd_args(dout_in, q_in, out_in, lse_in);
-  BLIPX_CHECK(q_in.is_cuda(), kOp, "q must be a CUDA tensor for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(q_in.device());
+  BLIPX_CHECK(device::holds(q_in), kOp, "q must be a CUDA tensor for the CUDA kernel");
+  const device::Guard guard(q_in.device());
   const at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
   const at::Tensor dout = unit_last_stride(dout_in), out = unit_last_stride(out_in), lse = lse_in.contiguous();
   const at::Tensor mask = key_padding_mask.has_value() ? *key_padding_mask : at::Tensor();
@@ -140,10 +137,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cuda(
   p.dv = dv.data_ptr();
   p.sdv = strides_of(dv);
   p.delta = delta.data_ptr<float>();
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = device::stream();
   dispatch_dtype(q.scalar_type(), [&](auto t) {
     using T = decltype(t);
-    dispatch_head_dim(sh.head_dim, [&](auto kd) { C10_CUDA_CHECK((cross_attn_bwd_launch<T, decltype(kd)::value>(p, stream))); });
+    dispatch_head_dim(sh.head_dim, [&](auto kd) { device::check(cross_attn_bwd_launch<T, decltype(kd)::value>(p, stream)); });
   });
   return {dq, dk, dv};
 }
@@ -151,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cuda(
 }  // namespace
 }  // namespace blipx
 
-TORCH_LIBRARY_IMPL(blipx, CUDA, m) {
-  m.impl("cross_attention_fwd", &blipx::cross_attention_fwd_cuda);
-  m.impl("cross_attention_bwd", &blipx::cross_attention_bwd_cuda);
+BLIPX_DEVICE_KERNELS(m) {
+  BLIPX_DEVICE_KERNEL(m, "cross_attention_fwd", &blipx::cross_attention_fwd_cuda);
+  BLIPX_DEVICE_KERNEL(m, "cross_attention_bwd", &blipx::cross_attention_bwd_cuda);
 }

@@ -1,19 +1,17 @@
 // CUDA entry point for blipx::enqueue_: checks, then the two-launch ring write of
 // blipx/enqueue.cuh on the current stream. The pointer never leaves the device.
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include "blipx/enqueue.cuh"
 #include "checks.h"
+#include "device.h"
 
 namespace blipx {
 namespace {
 
 void enqueue_cuda(const at::Tensor& queue, const at::Tensor& ptr, const at::Tensor& feats) {
   const auto shape = check_enqueue_args(queue, ptr, feats);
-  const c10::cuda::CUDAGuard guard(queue.device());
+  const device::Guard guard(queue.device());
   if (!queue.is_contiguous()) {
     // Strided queue: same semantics via ATen, still on the device and sync-free.
     const auto start = at::remainder(ptr.reshape({1}), shape.queue_size);
@@ -23,7 +21,7 @@ void enqueue_cuda(const at::Tensor& queue, const at::Tensor& ptr, const at::Tens
     return;
   }
   const at::Tensor src = feats.contiguous();
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = device::stream();
   // Byte-width dispatch: a ring write only moves bits, so every dtype maps to a same-size word.
   const auto elem = queue.element_size();
   const int64_t w = shape.width;
@@ -39,10 +37,10 @@ void enqueue_cuda(const at::Tensor& queue, const at::Tensor& ptr, const at::Tens
                                  static_cast<const uint64_t*>(src.const_data_ptr()), shape.queue_size, w, shape.rows, stream); break;
     default: BLIPX_CHECK(false, "enqueue_", "unsupported queue element size ", elem, " bytes (dtype ", queue.scalar_type(), ")");
   }
-  C10_CUDA_CHECK(err);
+  device::check(err);
 }
 
 }  // namespace
 }  // namespace blipx
 
-TORCH_LIBRARY_IMPL(blipx, CUDA, m) { m.impl("enqueue_", &blipx::enqueue_cuda); }
+BLIPX_DEVICE_KERNELS(m) { BLIPX_DEVICE_KERNEL(m, "enqueue_", &blipx::enqueue_cuda); }

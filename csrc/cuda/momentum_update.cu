@@ -1,13 +1,10 @@
 // CUDA entry point for blipx::momentum_update_: checks, groups pairs by (ema, param) dtype,
 // packs each group's tensor table into kernel parameters and launches on the current stream.
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
 #include <vector>
 
 #include "blipx/momentum_update.cuh"
 #include "checks.h"
+#include "device.h"
 
 namespace blipx {
 namespace {
@@ -23,15 +20,15 @@ template <typename E, typename P>
 void launch_group(const std::vector<at::Tensor>& emas, const std::vector<at::Tensor>& srcs, float m) {
   using CE = typename CudaType<E>::type;
   using CP = typename CudaType<P>::type;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = device::stream();
   // ~8 resident 256-thread blocks per SM saturate HBM for a streaming kernel.
-  const int max_blocks = at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 8;
+  const int max_blocks = device::limits().sm_count * 8;
   EmaLaunchTable table;
   table.num_tensors = 0;
   table.num_chunks = 0;
   auto flush = [&]() {
     if (table.num_tensors == 0) return;
-    C10_CUDA_CHECK((momentum_update_launch<CE, CP>(table, m, max_blocks, stream)));
+    device::check(momentum_update_launch<CE, CP>(table, m, max_blocks, stream));
     table.num_tensors = 0;
     table.num_chunks = 0;
   };
@@ -50,8 +47,8 @@ void launch_group(const std::vector<at::Tensor>& emas, const std::vector<at::Ten
 void momentum_update_cuda(at::TensorList ema_params, at::TensorList params, double momentum) {
   check_momentum_update_args(ema_params, params, momentum);
   if (ema_params.empty()) return;
-  BLIPX_CHECK(ema_params[0].is_cuda(), "momentum_update_", "ema_params[0] must be a CUDA tensor for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(ema_params[0].device());
+  BLIPX_CHECK(device::holds(ema_params[0]), "momentum_update_", "ema_params[0] must be a CUDA tensor for the CUDA kernel");
+  const device::Guard guard(ema_params[0].device());
   const auto m = static_cast<float>(momentum);
 
   // Groups by dtype pair, keeping order: float/float, float/bf16, float/half, bf16/bf16, half/half.
@@ -81,4 +78,4 @@ void momentum_update_cuda(at::TensorList ema_params, at::TensorList params, doub
 }  // namespace
 }  // namespace blipx
 
-TORCH_LIBRARY_IMPL(blipx, CUDA, m) { m.impl("momentum_update_", &blipx::momentum_update_cuda); }
+BLIPX_DEVICE_KERNELS(m) { BLIPX_DEVICE_KERNEL(m, "momentum_update_", &blipx::momentum_update_cuda); }

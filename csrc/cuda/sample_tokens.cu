@@ -3,16 +3,9 @@
 // the current stream. Nothing is read back to the host; philox_cuda_state() hands out device
 // pointers while a CUDA graph is being captured, so a captured sampler draws fresh numbers on
 // every replay.
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAGeneratorImpl.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
-#include <mutex>
-
 #include "blipx/sample_tokens.cuh"
 #include "checks.h"
-#include "philox_state.h"
+#include "device.h"
 
 namespace blipx {
 namespace {
@@ -23,8 +16,8 @@ at::Tensor sample_tokens_cuda(const at::Tensor& logits, double temperature, int6
                               const std::optional<at::Tensor>& top_ps, std::optional<at::Generator> generator) {
   constexpr const char* op = "sample_tokens";
   const auto shape = check_sample_tokens_args(logits, temperature, top_k, top_p, temperatures, top_ks, top_ps, generator);
-  BLIPX_CHECK(logits.is_cuda(), op, "logits must be a CUDA tensor for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(logits.device());
+  BLIPX_CHECK(device::holds(logits), op, "logits must be a CUDA tensor for the CUDA kernel");
+  const device::Guard guard(logits.device());
   const int64_t b = shape.rows, v = shape.vocab;
   BLIPX_CHECK(b <= int64_t{0x7fffffff}, op, "logits has ", b, " rows; at most 2^31 - 1 are supported");
   auto out = at::empty({b}, logits.options().dtype(at::kLong));
@@ -37,13 +30,6 @@ at::Tensor sample_tokens_cuda(const at::Tensor& logits, double temperature, int6
   const at::Tensor ps = given(top_ps) ? top_ps->to(at::kFloat).contiguous() : at::Tensor();
 
   const int threads = sample_tokens_threads(v);
-  at::PhiloxCudaState philox;
-  {
-    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-        generator, at::cuda::detail::getDefaultCUDAGenerator(logits.device().index()));
-    std::lock_guard<std::mutex> lock(gen->mutex_);  // ATen's "Acquire lock when using random generators"
-    philox = gen->philox_cuda_state(sample_tokens_philox_increment(v, threads));
-  }
 
   SampleTokensParams p;
   p.logits = logits.const_data_ptr();
@@ -58,22 +44,22 @@ at::Tensor sample_tokens_cuda(const at::Tensor& logits, double temperature, int6
   p.top_ps = ps.defined() ? ps.const_data_ptr<float>() : nullptr;
   p.top_p = static_cast<float>(top_p);
   p.out = out.data_ptr<int64_t>();
-  p.rng = to_philox_args(philox);
+  p.rng = device::philox(generator, logits.device(), sample_tokens_philox_increment(v, threads));
 
   // Opt-in shared memory per block, less a margin for the kernel's static reduction buffers.
-  const int max_smem = static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) - 1024;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const int max_smem = device::limits().smem_optin - 1024;
+  auto stream = device::stream();
   cudaError_t err = cudaSuccess;
   switch (logits.scalar_type()) {
     case at::kFloat: err = sample_tokens_launch<float>(p, threads, max_smem, stream); break;
     case at::kHalf: err = sample_tokens_launch<__half>(p, threads, max_smem, stream); break;
     default: err = sample_tokens_launch<__nv_bfloat16>(p, threads, max_smem, stream); break;
   }
-  C10_CUDA_CHECK(err);
+  device::check(err);
   return out;
 }
 
 }  // namespace
 }  // namespace blipx
 
-TORCH_LIBRARY_IMPL(blipx, CUDA, m) { m.impl("sample_tokens", &blipx::sample_tokens_cuda); }
+BLIPX_DEVICE_KERNELS(m) { BLIPX_DEVICE_KERNEL(m, "sample_tokens", &blipx::sample_tokens_cuda); }

@@ -1,10 +1,12 @@
 """CapFilt end to end on tiny random models: files in, files out, counts, resume, thresholds."""
 
+import copy
 import json
 import os
 
 import pytest
 import torch
+from PIL import Image
 
 import blipx.capfilt.pipeline as pipeline
 from blipx.capfilt import CapFilt, CapFiltSettings, merge_and_report
@@ -119,5 +121,84 @@ def test_a_folder_of_another_run_is_refused(models, source, tmp_path):
         cf.run(source[1], source[0], tmp_path, progress=False)
     other = tmp_path.parent / f"{tmp_path.name}-other.jsonl"
     other.write_text("".join(line for line in open(source[1], encoding="utf-8").readlines()[:3]))
-    with pytest.raises(ValueError, match="source"):
+    with pytest.raises(ValueError, match="input"):
         run(models, (source[0], other), tmp_path)
+
+
+def _nudged(model):
+    """A copy with one weight changed by 1e-3: same class, config, size and file layout."""
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    return other
+
+
+def test_resume_refuses_other_weights_or_input_content_and_says_which(models, source, tmp_path):
+    """Settings, path and size alone are not the run: another captioner or filter, or an input
+    edited in place to the same size, would mix two runs' chunks. Fingerprints catch each."""
+    root, ann = source
+    lines = open(ann, encoding="utf-8").readlines()[:4]
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(lines), encoding="utf-8")
+    out = tmp_path / "out"
+    captioner, filt = models
+    settings = dict(num_captions=1, chunk_size=2, batch_size=2)
+    CapFilt(captioner, filt, CapFiltSettings(**settings)).run(src, root, out, progress=False)
+    with pytest.raises(ValueError, match="changed: the captioner's weights") as e:
+        CapFilt(_nudged(captioner), filt, CapFiltSettings(**settings)).run(src, root, out, progress=False)
+    assert "filter" not in str(e.value) and "input" not in str(e.value)
+    with pytest.raises(ValueError, match="changed: the filter's weights"):
+        CapFilt(captioner, _nudged(filt), CapFiltSettings(**settings)).run(src, root, out, progress=False)
+    edited = lines[0].replace('"caption": "', '"caption": "X', 1).replace(' ', '', 1)  # same size
+    assert len(edited) == len(lines[0]) and edited != lines[0]
+    src.write_text("".join([edited] + lines[1:]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"changed: the input's content \(.*src.jsonl: \d+ bytes"):
+        CapFilt(captioner, filt, CapFiltSettings(**settings)).run(src, root, out, progress=False)
+    with pytest.raises(ValueError, match=r"changed: .*the settings num_captions: 1 -> 2"):
+        CapFilt(captioner, filt, CapFiltSettings(**{**settings, "num_captions": 2})).run(src, root, out,
+                                                                                       progress=False)
+    # The same content elsewhere, and the same weights in another object, is the same run.
+    src.write_text("".join(lines), encoding="utf-8")
+    moved = tmp_path / "moved.jsonl"
+    moved.write_bytes(src.read_bytes())
+    assert CapFilt(copy.deepcopy(captioner), filt, CapFiltSettings(**settings)).run(moved, root, out,
+                                                                                  progress=False) == 0
+
+
+def test_bad_records_are_skipped_and_reported(models, source, tmp_path):
+    """One bad record (not a string, no caption, lone surrogate, not UTF-8, not JSON, only
+    punctuation) no longer stops CapFilt: each is a counted row naming file and line."""
+    root, ann = source
+    good = open(ann, "rb").read().splitlines()[:3]
+    bad = [b'{"image": "x.png", "caption": 5}', b'{"image": "x.png"}',
+           b'{"image": "x.png", "caption": "\\udc00"}',  # a JSON escape of a lone surrogate
+           b'{"image": "x.png", "caption": "caf\xe9"}',  # a latin-1 byte
+           b'{"image": ', b'{"image": "x.png", "caption": "?!..."}']  # only "?" survives BLIP cleaning
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join([good[0]] + bad[:3] + [good[1]] + bad[3:] + [good[2]]) + b"\n")
+    report = run(models, (root, path), tmp_path / "out")
+    assert report["records_skipped"] == 6 and report["images_unreadable"] == 0
+    assert report["skipped"] == {"bad_record": 5, "no_caption": 1}
+    assert report["web"]["kept"] + report["web"]["dropped"] == 3
+    assert report["synthetic"]["kept"] + report["synthetic"]["dropped"] == 3 * K
+    rows = [r for p in sorted((tmp_path / "out" / "chunks").iterdir()) for r in read(p)]
+    where = sorted(int(r["where"].rsplit(":", 1)[1]) for r in rows if r["source"] == "skipped")
+    assert where == [2, 3, 4, 6, 7, 8] and all(r["where"].startswith(str(path)) for r in rows if "where" in r)
+
+
+def test_images_outside_the_root_or_too_large_are_skipped_unless_allowed(models, source, tmp_path):
+    root, ann = source
+    entries = read(ann)[:3]
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(outside)
+    entries[0]["image"] = os.path.relpath(outside, root)  # "../.../outside.png"
+    entries[1]["image"] = str(outside)
+    Image.new("RGB", (40, 40)).save(root / "large.png")
+    entries[2]["image"] = "large.png"
+    path = tmp_path / "esc.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    report = run(models, (root, path), tmp_path / "refused", max_pixels=32 * 32)
+    assert report["skipped"] == {"outside_root": 2, "too_large": 1} and report["images_unreadable"] == 3
+    assert report["web"] == {"kept": 0, "dropped": 0}
+    report = run(models, (root, path), tmp_path / "allowed", allow_outside_root=True)
+    assert report["skipped"] == {} and report["web"]["kept"] + report["web"]["dropped"] == 3

@@ -82,3 +82,56 @@ def test_corrupt_and_missing_images_in_a_shard_are_counted(tmp_path):
     b = batches[0]
     assert b["captions"] == ["fine"] and b["image_ids"].tolist() == [7] and b["is_noisy"].tolist() == [True]
     assert b["skipped"] == {"corrupt": 1, "truncated": 1, "missing": 1}
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _collated(urls):
+    collate = ImageTextCollator(blip_tokenizer(), max_length=8)
+    batches = list(DataLoader(webdataset_pairs(urls, eval_transform(8), rank=0, world_size=1), batch_size=64,
+                              collate_fn=collate))
+    captions = [c for b in batches for c in b["captions"]]
+    skipped = Counter()
+    for b in batches:
+        skipped.update(b["skipped"])
+    return captions, dict(skipped)
+
+
+def test_missing_and_truncated_shards_are_counted(shards, tmp_path):
+    """A shard that is missing or cut off is one counted skip (webdataset alone only warns, and
+    reports a truncated shard twice); the samples before the damage are kept."""
+    data = open(shards[1], "rb").read()
+    cut = tmp_path / "cut.tar"
+    with tarfile.open(shards[1]) as tar:
+        inside = tar.getmember(f"s{PER_SHARD + 2:04d}.png").offset_data + 10
+    cut.write_bytes(data[:inside])  # cut inside the 3rd sample's image: 2 samples survive
+    captions, skipped = _collated([shards[0], str(tmp_path / "gone.tar"), str(cut)])
+    first = {f"sample number {i}" for i in range(PER_SHARD)}
+    second = {f"sample number {i}" for i in range(PER_SHARD, 2 * PER_SHARD)}
+    assert first <= set(captions) and len(set(captions) & second) == 2
+    assert skipped == {"missing_shard": 1, "bad_shard": 1}
+
+
+def test_bad_captions_in_a_shard_are_skipped_and_counted(tmp_path):
+    """A caption that is not a string, not UTF-8 or only punctuation, and json that is not an
+    object, skip their sample (bad_record / no_caption) instead of stopping the stream."""
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    img = png.getvalue()
+    _tar(tmp_path / "captions.tar", {
+        "good.png": img, "good.txt": b"a good caption",
+        "number.png": img, "number.json": b'{"caption": 5}',
+        "latin1.png": img, "latin1.txt": "caf\xe9".encode("latin-1"),
+        "dots.png": img, "dots.txt": b"...",
+        "listjson.png": img, "listjson.json": b'["a", "b"]',
+        "nothing.png": img, "nothing.json": b'{"image_id": 3}',
+    })  # fmt: skip
+    captions, skipped = _collated(str(tmp_path / "captions.tar"))
+    assert captions == ["a good caption"]
+    assert skipped == {"bad_record": 3, "no_caption": 2}

@@ -34,6 +34,18 @@ def px():
     return pixels(4)
 
 
+@pytest.fixture
+def reference_ops():
+    """The reference sample_tokens draws with torch.multinomial on the global RNG, like HF (the
+    kernels draw otherwise): id parity with HF's sampling needs it."""
+    from blipx import ops
+
+    before = ops.use_kernels()
+    ops.set_use_kernels(False)
+    yield
+    ops.set_use_kernels(before)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """These models are tiny: on a shared CPU, intra-op threads only add OpenMP wake-up waits

@@ -18,7 +18,10 @@ def test_caption_cli(tmp_path, capsys):
     assert main(["caption", str(tmp_path / "data" / "images"), str(single), "--model", str(model_dir),
                  "--batch-size", "2", "--beams", "2", "--out", str(out), "--no-progress"]) == 0
     rows = [json.loads(l) for l in out.read_text().splitlines()]
-    assert len(rows) == 4 and all(isinstance(r["caption"], str) for r in rows)
+    ok = [r for r in rows if "caption" in r]
+    assert len(rows) == 5 and len(ok) == 4 and all(isinstance(r["caption"], str) for r in ok)
+    assert [r for r in rows if "error" in r] == [{"image": str(tmp_path / "data" / "images" / "train" / "broken.png"),
+                                                  "error": "corrupt"}]  # reported per file, the run goes on
     assert "1 unreadable" in capsys.readouterr().err
     assert main(["caption", str(single), "--model", str(model_dir), "--top-p", "0.9", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["image"] == str(single)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blipx import ops
 from blipx.ops.reference import sample_tokens_probs_ref
 
 from .helpers import SEP, hf_prompt
@@ -59,15 +58,6 @@ def test_seeded_runs_repeat(captioners, px):
     a, b, c = run(3), run(3), run(4)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
-
-
-@pytest.fixture
-def reference_ops():
-    """The reference sample_tokens draws with torch.multinomial, like HF; the kernels do not."""
-    before = ops.use_kernels()
-    ops.set_use_kernels(False)
-    yield
-    ops.set_use_kernels(before)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blipx.losses import FeatureQueue, ITCLoss, albef_alpha, blip_alpha, clamp_temperature_, itc_loss
+from blipx.losses import FeatureQueue, albef_alpha, blip_alpha, clamp_temperature_, itc_loss
 from tests.losses import official
 
 B, D, Q = 8, 16, 32
@@ -54,41 +54,26 @@ def test_itc_in_batch_alpha0_is_cross_entropy_on_diagonal():
 
 def test_gradients_reach_online_features_and_temp_only():
     img, txt, img_m, txt_m = (t.clone().requires_grad_(True) for t in feats(3))
-    module = ITCLoss(queue_size=Q, dim=D)
-    out = module(img, txt, img_m, txt_m, alpha=0.4)
+    temp = torch.nn.Parameter(torch.tensor(0.07))
+    queue = FeatureQueue(Q, D)
+    out = itc_loss(img, txt, img_m, txt_m, temp, alpha=0.4, image_queue=queue.image_queue, text_queue=queue.text_queue)
     out.loss.backward()
     assert img.grad is not None and img.grad.abs().sum() > 0
     assert txt.grad is not None and txt.grad.abs().sum() > 0
-    assert module.temp.grad is not None and module.temp.grad.abs() > 0
+    assert temp.grad is not None and temp.grad.abs() > 0
     assert img_m.grad is None and txt_m.grad is None  # momentum features are targets/keys only
-    assert not module.queue.feat_queue.requires_grad
+    assert not queue.feat_queue.requires_grad
 
 
 def test_temperature_clamped_in_place_as_official():
+    # The tasks clamp before every ITC (tests/train/test_pretrain_task.py checks they do).
     t = torch.nn.Parameter(torch.tensor(0.9))
     clamp_temperature_(t)
     assert t.item() == 0.5 and t.requires_grad
-    module = ITCLoss()
     with torch.no_grad():
-        module.temp.fill_(1e-5)
-    img, txt, img_m, txt_m = feats(4)
-    module(img, txt, img_m, txt_m)
-    assert module.temp.item() == pytest.approx(0.001)
-
-
-def test_itc_module_uses_queue_before_enqueue_then_writes_it():
-    torch.manual_seed(0)
-    module = ITCLoss(queue_size=20, dim=D, with_ids=True)
-    before = module.queue.feat_queue.clone()
-    idx = torch.arange(B)
-    img, txt, img_m, txt_m = feats(5)
-    out = module(img, txt, img_m, txt_m, alpha=0.4, idx=idx)
-    expected = itc_loss(img, txt, img_m, txt_m, module.temp, alpha=0.4, image_queue=before[:, 0], text_queue=before[:, 1],
-                        idx=idx, idx_queue=torch.full((20,), -100))
-    torch.testing.assert_close(out.loss, expected.loss)
-    torch.testing.assert_close(module.queue.image_queue[:B], img_m)
-    torch.testing.assert_close(module.queue.text_queue[:B], txt_m)
-    assert module.queue.idx_queue[:B].tolist() == idx.tolist() and module.queue.queue_ptr.item() == B
+        t.fill_(1e-5)
+    clamp_temperature_(t)
+    assert t.item() == pytest.approx(0.001) and t.requires_grad
 
 
 def test_queue_matches_official_enqueue_and_wraps():

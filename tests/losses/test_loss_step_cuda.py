@@ -17,7 +17,8 @@ def test_loss_step_has_no_host_sync():
     img, txt, img_m, txt_m = (F.normalize(torch.randn(b, d, device=dev), dim=1) for _ in range(4))
     img.requires_grad_(True)
     txt.requires_grad_(True)
-    itc = losses.ITCLoss(queue_size=40, dim=d, with_ids=True).to(dev)
+    temp = torch.nn.Parameter(torch.tensor(0.07, device=dev))
+    queue = losses.FeatureQueue(40, d, with_ids=True).to(dev)
     idx = torch.arange(b, device=dev) // 2
     ids = torch.randint(5, v, (b, lt), device=dev)
     ids[:, 0] = 101 % v
@@ -27,7 +28,12 @@ def test_loss_step_has_no_host_sync():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = itc(img, txt, img_m, txt_m, alpha=0.4, idx=idx)
+        # The tasks' ITC sequence (blipx.train.task.ContrastiveTask.contrastive_step): clamp, ITC
+        # against [batch; queue] with ids, then the queue write.
+        losses.clamp_temperature_(temp)
+        out = losses.itc_loss(img, txt, img_m, txt_m, temp, alpha=0.4, image_queue=queue.image_queue,
+                              text_queue=queue.text_queue, idx=idx, idx_queue=queue.idx_queue)
+        queue.enqueue_(img_m, txt_m, idx)
         negs = losses.sample_itm_negatives(out.sim_i2t[:, :b], out.sim_t2i[:, :b], idx=idx)
         batch = losses.build_itm_inputs(img[:, None], embeds, atts, negs)
         cls = torch.cat([embeds[:, 0] + img, batch["text_embeds"][:, 0] + batch["image_embeds"][:, 0]])

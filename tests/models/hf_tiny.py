@@ -1,4 +1,4 @@
-"""Tiny random HF BLIP models for parity tests (hf-blip.md §1.4 / §5), with the real BERT
+"""Tiny random HF BLIP models for parity tests (transformers' ``BlipConfig`` classes), with the real BERT
 vocabulary size so captions can be tokenized with blipx's BLIP tokenizer."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """ALBEF: official-layout round trip, fusion-layer placement, momentum copies, formulas.
 
-Formulas checked (albef-blip.md §1), each against an independent composition of the towers:
+Formulas checked (salesforce/ALBEF ``models/model_pretrain.py``), each against an independent composition of the towers:
 1. ITC features: ``image_feat = normalize(vision_proj(ViT(img)[:, 0]))``,
    ``text_feat = normalize(text_proj(text_layers_0..f-1(ids)[:, 0]))``; similarity = cosine.
 2. ITM: fusion layers f..N-1 on the *reused* text-mode states == one full multimodal pass;

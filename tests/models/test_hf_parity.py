@@ -137,7 +137,7 @@ def test_momentum_copies_start_from_online_weights_when_file_has_none(hf_retriev
 
 
 def test_key_maps_cover_hf_layouts_exactly(hf_captioner, hf_retriever):
-    from blipx.weights.hf import blipx_key_to_hf, hf_key_to_blipx
+    from blipx.models.layouts.hf import blipx_key_to_hf, hf_key_to_blipx
 
     for hf, cls in ((hf_captioner[0], BlipCaptioner), (hf_retriever[0], BlipRetriever)):
         ours = cls.from_pretrained(hf_captioner[1] if cls is BlipCaptioner else hf_retriever[1])

@@ -1,10 +1,11 @@
-"""Tower behaviour: decoder KV cache, K/V shared across beams, ViT position interpolation,
+"""Tower behaviour: the static decoder KV cache, K/V shared across beams, ViT position interpolation,
 gradient checkpointing, and the single cross-attention entry point."""
 
 from __future__ import annotations
 
 from unittest import mock
 
+import pytest
 import torch
 
 from blipx.layers import attention as attn_mod
@@ -21,23 +22,42 @@ def _tiny_captioner():
     return m
 
 
-def test_incremental_decoding_with_cache_matches_full_forward():
+def test_static_kv_cache_prefill_and_steps_match_full_forward():
+    """The model's own forward over a StaticKVCache (a 2-token prefill, then one-token steps; the
+    position lives on the device) gives the no-cache logits, with a left-padded row whose mask
+    covers the cache slots."""
     m = _tiny_captioner()
     px = torch.randn(2, 3, 32, 32)
     ids = torch.randint(1000, 3000, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # row 0 is left-padded
+    t_max = 8
     with torch.no_grad():
-        full = m(pixel_values=px, input_ids=ids).logits
         img = m.visual_encoder(px)
+        full, _ = m.text_decoder(ids, mask, encoder_hidden_states=img, is_decoder=True)
         cross_kv = m.text_decoder.bert.project_cross_kv(img)  # once per image
-        past, steps = None, []
-        for t in range(ids.shape[1]):
-            logits, out = m.text_decoder(
-                ids[:, t : t + 1], cross_kv=cross_kv, is_decoder=True, past_key_values=past, use_cache=True
-            )
-            past = out.past_key_values
-            steps.append(logits)
-    assert past[0][0].shape[2] == ids.shape[1]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+        cache = m.text_decoder.bert.new_kv_cache(rows=2, max_len=t_max)
+        slot_mask = torch.cat([mask, torch.ones(2, t_max - ids.shape[1], dtype=mask.dtype)], dim=1)
+        dec = lambda x: m.text_decoder(x, slot_mask, cross_kv=cross_kv, is_decoder=True, kv_cache=cache)[0]
+        steps = [dec(ids[:, :2])] + [dec(ids[:, t : t + 1]) for t in range(2, ids.shape[1])]
+        unmasked, _ = m.text_decoder(ids, encoder_hidden_states=img, is_decoder=True)
+    got = torch.cat(steps, 1)
+    assert cache.pos.tolist() == [ids.shape[1]]
+    # Pad queries (row 0, positions 0-1) are opened to every key and never read: compare the rest.
+    torch.testing.assert_close(got[1], full[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[0, 2:], full[0, 2:], atol=1e-5, rtol=1e-4)
+    # Without the mask row 0 sees its pad tokens: the comparison above can fail.
+    assert (unmasked[0, 2:] - full[0, 2:]).abs().max() > 1e-3
+
+
+def test_static_kv_cache_is_for_causal_decoding_only():
+    m = _tiny_captioner()
+    cache = m.text_decoder.bert.new_kv_cache(rows=1, max_len=4)
+    bos = torch.tensor([[m.config.text.bos_token_id]])
+    with pytest.raises(ValueError, match="is_decoder"):
+        m.text_decoder(bos, encoder_hidden_states=torch.zeros(1, 5, 32), kv_cache=cache)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        m.text_decoder.bert.new_kv_cache(rows=1, max_len=m.config.text.max_position_embeddings + 1)
 
 
 def test_beams_share_image_kv_without_repeat():

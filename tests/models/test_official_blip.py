@@ -1,7 +1,7 @@
 """Official Salesforce BLIP layouts.
 
 An official captioning/retrieval state dict is built from an HF one by the documented renames
-(hf-blip.md §4, applied in reverse: HF vision names -> timm ``visual_encoder.*``, plus the
+(transformers' ``convert_blip_original_pytorch_to_hf.py``, applied in reverse: HF vision names -> timm ``visual_encoder.*``, plus the
 persistent ``position_ids`` buffers and the LM head's tied duplicates that official files
 carry); loading it must reproduce the HF numbers. Pretraining files (with ``_m`` copies and
 queues) load into every BLIP head.
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from blipx.models import BlipCaptioner, BlipPretrainer, BlipRetriever, create_model
-from blipx.weights.hf import hf_key_to_blipx
-from blipx.weights.official import infer_config
+from blipx.models.layouts.hf import hf_key_to_blipx
+from blipx.models.layouts.official import infer_config
 
 from .hf_tiny import CAPTIONS, pixels, rerandomize, tiny_blip_config
 

@@ -5,7 +5,7 @@ import torch
 
 import blipx
 from blipx.ops.reference import beam_search_step_ref
-from tests.conftest import DEVICES
+from tests.conftest import DEVICES, KERNEL_DEVICES, sized
 
 ops = blipx.ops
 EOS = 2
@@ -34,13 +34,13 @@ def test_kernel_is_compiled(device):
     assert ops.has_kernel("beam_search_step", device), "blipx was built without this kernel"
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("vocab", [111, 30524])
 @pytest.mark.parametrize("penalty", [1.0, 1.1, 0.8])
 @pytest.mark.parametrize("min_length", [0, 12])
 def test_matches_reference(device, k, vocab, penalty, min_length):
-    logits, scores, seq = make(4, k, vocab, 9, device)
+    logits, scores, seq = make(sized(device, 4, 2), k, vocab, 9, device)
     seq[:, :3] = logits.topk(3, dim=1).indices  # the penalty must move the leading candidates
     seq[:, 3] = seq[:, 5]  # duplicated tokens are penalised once
     seq[:, 6] = seq[:, 0]
@@ -48,7 +48,7 @@ def test_matches_reference(device, k, vocab, penalty, min_length):
     check(logits, scores, seq, k, cur_len=9, eos_token_id=EOS, min_length=min_length, repetition_penalty=penalty)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_logits(device, dtype):
     # Log-softmax runs in fp32 on the upcast values, as HF's `.float()` does. Half rows have tied
@@ -65,7 +65,7 @@ def test_half_logits(device, dtype):
     assert torch.equal(got[1][distinct], want[1][distinct]) and torch.equal(got[2][distinct], want[2][distinct])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_min_length_bans_eos(device):
     logits, scores, seq = make(2, 3, 50, 4, device)
     logits[:, EOS] = 20.0  # EOS would win every beam
@@ -76,7 +76,7 @@ def test_min_length_bans_eos(device):
     check(logits, scores, seq, 3, eos_token_id=None, min_length=50)  # no EOS: nothing banned
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_repetition_penalty_and_cur_len(device):
     # A preallocated buffer: only the first cur_len columns count; ids outside [0, V) are ignored.
     logits, scores, seq = make(2, 3, 60, 10, device)
@@ -92,7 +92,7 @@ def test_repetition_penalty_and_cur_len(device):
     check(logits, scores, seq, 3, cur_len=0, repetition_penalty=3.0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_first_step_and_tiny_vocab(device):
     # HF's first step: beam 0 at 0, the others at -1e9, all beams with the same logits.
     logits = torch.randn(2, 500, device=device).repeat_interleave(3, dim=0)
@@ -111,7 +111,7 @@ def test_first_step_and_tiny_vocab(device):
     assert (got[2][:, 3:].sort(dim=1).values == torch.arange(3, device=device)).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_non_contiguous_inputs(device):
     logits, scores, seq = make(3, 3, 777, 6, device)
     wide = torch.randn(9, 800, device=device)

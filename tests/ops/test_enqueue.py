@@ -5,7 +5,7 @@ import torch
 
 import blipx
 from blipx.ops.reference import enqueue_ref
-from tests.conftest import DEVICES
+from tests.conftest import DEVICES, KERNEL_DEVICES
 
 
 def run_both(queue, ptr, feats):
@@ -21,7 +21,7 @@ def test_kernel_is_compiled(device):
     assert blipx.ops.has_kernel("enqueue_", device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
 @pytest.mark.parametrize("q,n,width", [(7, 3, 5), (57600 % 1000 + 1, 256, 1), (10, 10, 3), (1, 1, 7), (65537, 7, 1)])
 def test_wraps_around_like_reference(device, dtype, q, n, width):
@@ -33,7 +33,7 @@ def test_wraps_around_like_reference(device, dtype, q, n, width):
     assert int(ptr) == (4 * n) % q
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_id_queue_1d_and_pointer_values(device):
     ids = torch.full((9,), -100, dtype=torch.long, device=device)
     ptr = torch.tensor([7], device=device)
@@ -46,7 +46,7 @@ def test_id_queue_1d_and_pointer_values(device):
     run_both(ids, ptr, torch.arange(2, device=device))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_empty_batch_is_noop(device):
     queue = torch.randn(5, 4, device=device)
     before = queue.clone()
@@ -55,7 +55,7 @@ def test_empty_batch_is_noop(device):
     assert torch.equal(queue, before) and ptr.tolist() == [3]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_non_contiguous_feats_and_queue(device):
     feats = torch.randn(4, 6, device=device)[:, ::2]  # [4, 3], strided
     queue = torch.randn(5, 3, device=device)

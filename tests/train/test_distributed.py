@@ -6,13 +6,13 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import blipx.train.task as task_module
 from blipx.losses import ITMNegatives
 from blipx.models import create_model
 from blipx.train import BlipPretrainTask
+from tests.train.ranks import run_ranks
 
 B, T, WORLD = 4, 9, 2
 GRAD_KEYS = ("model.itm_head.weight", "model.vision_proj.weight", "model.text_proj.weight",
@@ -41,7 +41,7 @@ def make_task():
 
 
 def step(task, px, ids, mask):
-    out = task(px, ids, mask)
+    out = task({"pixel_values": px, "input_ids": ids, "attention_mask": mask})
     out["loss"].backward()
     params = {k.removeprefix("module."): p for k, p in task.named_parameters()}  # DDP prefixes "module."
     result = {k: v.detach().reshape(1) for k, v in out.items()}
@@ -72,13 +72,7 @@ def _worker(rank, init_file, out_dir):
 
 @pytest.mark.slow
 def test_two_processes_equal_one_big_batch(tmp_path, monkeypatch):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "init"), str(tmp_path))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0, "a worker failed"
+    run_ranks(_worker, tmp_path, WORLD)
     monkeypatch.setattr(task_module, "sample_itm_negatives", argmax_negatives)
     single = step(make_task(), *global_batch())
     for r in range(WORLD):

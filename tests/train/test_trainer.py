@@ -7,10 +7,12 @@ import torch
 
 from blipx.models import create_model
 from blipx.train import BlipPretrainTask
-from blipx.train.config import TrainConfig, load_config
+from blipx.train import checkpoint as ckpt
+from blipx.train.config import RunError, TrainConfig, load_config
 from blipx.train.optim import lr_factor, param_groups
 from blipx.train.synthetic import RandomPairs, stack_collate
 from blipx.train.trainer import EpochSampler, Trainer
+from tests.train import tiny
 
 
 def make_trainer(out_dir, **overrides):
@@ -114,7 +116,8 @@ def test_bf16_autocast_with_gradient_accumulation(tmp_path):
 def test_streams_webdataset_shards(tmp_path):
     pytest.importorskip("webdataset")
     from blipx.data import ShapesDataset
-    from blipx.train.run import build_data, build_model, build_task, tokenizer_for
+    from blipx.tokenizer import tokenizer_for
+    from blipx.train.run import build_data, build_model, build_task
 
     shards = ShapesDataset("train", num_samples=12, image_size=32).export_shards(str(tmp_path / "s-%06d.tar"), maxcount=6)
     cfg = TrainConfig(task="blip_pretrain", model="blip_tiny", data=shards[0].replace("000000", "{000000..000001}"),
@@ -126,3 +129,80 @@ def test_streams_webdataset_shards(tmp_path):
     assert trainer.streaming
     hist = trainer.fit(progress=False)
     assert [r["step"] for r in hist] == [1, 2, 3]
+
+
+def shapes_augmented(n=12, size=tiny.SIZE * 4):
+    """Shapes images through the official train augmentation: random crops, flips, RandAugment."""
+    from blipx.data import ShapesDataset, TrainTransform
+
+    transform = TrainTransform(size, randaugment=True, scale=(0.3, 1.0), flip="random")
+    return ShapesDataset("train", num_samples=n, image_size=size, transform=transform)
+
+
+def test_resume_is_bit_exact_with_workers_and_augmentation(tmp_path):
+    """Two DataLoader workers, augmentation on, killed mid-epoch: the resumed run sees the same
+    augmented pixels as the uninterrupted one (before: the workers' random state was not
+    restored, and the losses after the kill differed)."""
+    settings = dict(max_steps=5, num_workers=2, epochs=3, batch_size=4)
+    full = tiny.tiny_trainer(tmp_path / "a", data=shapes_augmented(), task=tiny.PixelTask(tiny.SIZE * 4), **settings)
+    hist_full = full.fit(progress=False)
+    first = tiny.tiny_trainer(tmp_path / "b", data=shapes_augmented(), task=tiny.PixelTask(tiny.SIZE * 4), **settings)
+    first.fit(progress=False, stop_at=4)  # 3 batches per epoch: killed after batch 1 of epoch 1
+    second = tiny.tiny_trainer(tmp_path / "b", data=shapes_augmented(), task=tiny.PixelTask(tiny.SIZE * 4),
+                               resume=True, **settings)
+    assert (second.step, second.epoch, second.batch_in_epoch) == (4, 1, 1)
+    hist_resumed = second.fit(progress=False)
+    assert [r["loss"] for r in hist_full[4:]] == [r["loss"] for r in hist_resumed]
+    tiny.assert_same_state(tiny.state_of(full), tiny.state_of(second))
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index():
+    from blipx.data.transforms import SeededSamples
+
+    data = shapes_augmented(n=3)
+    before = torch.get_rng_state()
+    a = SeededSamples(data, seed=1, epoch=0)
+    forward = [a[i]["image"] for i in range(3)]
+    backward = [a[i]["image"] for i in reversed(range(3))][::-1]
+    assert all(torch.equal(x, y) for x, y in zip(forward, backward))  # order does not matter
+    assert not torch.equal(forward[0], SeededSamples(data, seed=1, epoch=1)[0]["image"])  # epochs differ
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random stream is untouched
+
+
+class Unreadable(torch.utils.data.Dataset):
+    """Every sample an image that could not be read (a wrong image_root)."""
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        from blipx.data.images import MISSING, Skipped
+
+        return Skipped(MISSING, f"/nowhere/{i}.jpg")
+
+
+def test_a_run_with_no_optimizer_step_is_an_error_and_saves_nothing(tmp_path):
+    from blipx.data import ImageTextCollator
+
+    t = tiny.tiny_trainer(tmp_path, data=Unreadable(), collate=ImageTextCollator(tokenizer=None), max_steps=3,
+                          epochs=5)
+    with pytest.raises(RunError, match=r"every sample of epoch 0 was skipped \(6 samples read, 6 skipped: 6 missing\)"):
+        t.fit(progress=False)
+    assert list(tmp_path.iterdir()) == []  # no checkpoint-0 for a fixed re-run to "resume" from
+
+
+def test_a_run_never_writes_into_another_runs_folder(tmp_path):
+    caption_run = tiny.tiny_trainer(tmp_path, task_name="blip_caption", max_steps=1)
+    caption_run.fit(progress=False)
+    files = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(RunError, match=f"{tmp_path} holds a blip_caption run \\(checkpoint-1\\); resume=true"):
+        tiny.tiny_trainer(tmp_path, task_name="blip_retrieval", max_steps=1)
+    with pytest.raises(RunError, match="holds a blip_caption run"):  # nor a fresh run of the same task
+        tiny.tiny_trainer(tmp_path, task_name="blip_caption", max_steps=1)
+    with pytest.raises(RunError, match="resume=true: .* holds a blip_caption run .*not a blip_retrieval run"):
+        tiny.tiny_trainer(tmp_path, task_name="blip_retrieval", max_steps=1, resume=True)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == files  # untouched
+    replaced = tiny.tiny_trainer(tmp_path, task_name="blip_retrieval", max_steps=2, ckpt_every=2, overwrite=True)
+    replaced.fit(progress=False)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert ckpt.read_state(tmp_path / "checkpoint-2")["config"]["task"] == "blip_retrieval"

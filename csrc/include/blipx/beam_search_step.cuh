@@ -18,6 +18,7 @@
 
 #include <cstdint>
 
+#include "blipx/launch.cuh"
 #include "blipx/vec.cuh"
 
 namespace blipx {
@@ -104,10 +105,13 @@ __device__ __forceinline__ float block_reduce(float v, float* smem) {
 }  // namespace beam_step_detail
 
 // Dynamic shared memory: the token bitmask ((V + 31) / 32 words), then V floats when kCache.
+// blipx-design: occupancy >= 50% -- 1024 threads at <= 64 regs (launch bounds): 1 block/SM; so does the cached row (123 KB at V = 30524)
+// (1024, 1): one resident block is the design; without the explicit 1, ptxas aimed at two per SM,
+// capped the kernel at 32 registers and spilled 8 B (fp32, kCache = false, sm_80).
 template <typename T, bool kCache>
-__global__ void __launch_bounds__(1024) beam_step_stage1_kernel(const BeamStepParams p) {
+__global__ void __launch_bounds__(1024, 1) beam_step_stage1_kernel(const BeamStepParams p) {
   using namespace beam_step_detail;
-  extern __shared__ uint32_t dyn[];
+  BLIPX_DYNAMIC_SHARED(uint32_t, dyn);
   __shared__ float red_f[32];
   __shared__ int red_i[32];
   const int r = blockIdx.x, tid = threadIdx.x, nt = blockDim.x, v = p.vocab;
@@ -169,6 +173,7 @@ __global__ void __launch_bounds__(1024) beam_step_stage1_kernel(const BeamStepPa
 }
 
 // One thread per batch row: K-way merge of the K sorted candidate lists.
+// blipx-design: occupancy >= 50%, local <= 256 B -- one thread per batch row, few blocks; head[64] (K <= 64) is a local array
 __global__ void beam_step_stage2_kernel(const BeamStepParams p) {
   using namespace beam_step_detail;
   const int b = blockIdx.x * blockDim.x + threadIdx.x;
@@ -224,7 +229,7 @@ cudaError_t beam_search_step_launch(const BeamStepParams& p, int max_dynamic_sme
       e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       if (e != cudaSuccess) return;
     }
-    kernel<<<p.rows, threads, smem, stream>>>(p);
+    BLIPX_LAUNCH(kernel, p.rows, threads, smem, stream, p);
     e = cudaGetLastError();
   };
   if (cached <= static_cast<size_t>(max_dynamic_smem)) {
@@ -234,7 +239,7 @@ cudaError_t beam_search_step_launch(const BeamStepParams& p, int max_dynamic_sme
   }
   if (e != cudaSuccess) return e;
   const int batch = p.rows / p.beams;
-  beam_step_stage2_kernel<<<(batch + 127) / 128, 128, 0, stream>>>(p);
+  BLIPX_LAUNCH(beam_step_stage2_kernel, (batch + 127) / 128, 128, 0, stream, p);
   return cudaGetLastError();
 }
 

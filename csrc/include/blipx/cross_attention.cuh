@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "blipx/launch.cuh"
 #include "blipx/vec.cuh"
 
 namespace blipx {
@@ -110,6 +111,7 @@ __device__ __forceinline__ void store_row(const CrossAttnParams& p, int b, int g
   if (lane == 0) p.lse[(n * p.heads + h) * p.q_len + l] = empty ? -INFINITY : (m2 + log2f(sum)) * kLn2;
 }
 
+// blipx-design: occupancy >= 25% -- qr, acc (kD/4 each) and s[kTileK] live in registers: ~128 regs at kD = 128, 2 blocks/SM
 template <typename T, int kD>
 __global__ void __launch_bounds__(kAttnThreads) cross_attn_fwd_kernel(CrossAttnParams p) {
   constexpr int kPer = kD / kRowThreads;
@@ -180,6 +182,7 @@ __global__ void __launch_bounds__(kAttnThreads) cross_attn_fwd_kernel(CrossAttnP
 
 // dq (and delta) for all G*Lq rows of one (b, h): the forward's loop with P = exp(s - lse),
 // dP = dout . v_j, dS = P * (dP - delta), dq += dS * k_j.
+// blipx-design: occupancy >= 12.5% -- qr, dor, dq (kD/4 each) live in registers: > 128 regs at kD = 128, 1 block/SM
 template <typename T, int kD>
 __global__ void __launch_bounds__(kAttnThreads) cross_attn_bwd_dq_kernel(CrossAttnParams p) {
   constexpr int kPer = kD / kRowThreads;
@@ -229,7 +232,10 @@ __global__ void __launch_bounds__(kAttnThreads) cross_attn_bwd_dq_kernel(CrossAt
         bias[j] = keep ? 0.0f : -INFINITY;
       }
       __syncthreads();
-#pragma unroll 4
+      // Not unrolled: with 3 * kD/4 live row registers, unrolling the key loop made ptxas cap dq at
+      // 128 registers and spill (kD 80/96 on sm_80: 16-56 B; blipx info --kernels); unrolled by 1 it
+      // fits in the same 128 with no spill on sm_80 and sm_90.
+#pragma unroll 1
       for (int j = 0; j < kTileK; ++j) {
         float sp = 0.0f, dpp = 0.0f;
 #pragma unroll
@@ -259,6 +265,7 @@ __global__ void __launch_bounds__(kAttnThreads) cross_attn_bwd_dq_kernel(CrossAt
 
 // dk, dv for 64 keys of one (b, h); every query row of image b (all G groups) streams through
 // shared memory: dv_j += P_rj dout_r, dk_j += dS_rj q_r. Needs delta from the dq kernel.
+// blipx-design: occupancy >= 12.5% -- kr, vr, dk, dv (kD/4 each) live in registers: ~255 regs at kD = 128, 1 block/SM
 template <typename T, int kD>
 __global__ void __launch_bounds__(kAttnThreads) cross_attn_bwd_dkdv_kernel(CrossAttnParams p) {
   constexpr int kPer = kD / kRowThreads;
@@ -347,6 +354,7 @@ __global__ void __launch_bounds__(kAttnThreads) cross_attn_bwd_dkdv_kernel(Cross
 // thread, so the quad shuffles stay converged), keeping its own online-softmax state with a
 // per-key update; the S states of a row are merged through shared memory at the end. K/V are
 // still staged once per (b, h) for all rows. R is a power of two in [2, 32], so S <= kTileK.
+// blipx-design: occupancy >= 25% -- qr, acc (kD/4 each) live in registers: ~100 regs at kD = 128, 2 blocks/SM
 template <typename T, int kD>
 __global__ void __launch_bounds__(kAttnThreads) cross_attn_fwd_small_kernel(CrossAttnParams p, int R) {
   constexpr int kPer = kD / kRowThreads;
@@ -435,20 +443,24 @@ cudaError_t cross_attn_fwd_launch(const CrossAttnParams& p, cudaStream_t stream)
   if (rows <= kTileK) {  // few rows per image (decoding): split the keys over the idle row slots
     int r = 2;
     while (r < rows) r *= 2;
-    cross_attn_fwd_small_kernel<T, kD><<<p.batch * p.heads, kAttnThreads, 0, stream>>>(p, r);
+    const auto kernel = cross_attn_fwd_small_kernel<T, kD>;
+    BLIPX_LAUNCH(kernel, p.batch * p.heads, kAttnThreads, 0, stream, p, r);
   } else {
-    cross_attn_fwd_kernel<T, kD><<<p.batch * p.heads, kAttnThreads, 0, stream>>>(p);
+    const auto kernel = cross_attn_fwd_kernel<T, kD>;
+    BLIPX_LAUNCH(kernel, p.batch * p.heads, kAttnThreads, 0, stream, p);
   }
   return cudaGetLastError();
 }
 
 template <typename T, int kD>
 cudaError_t cross_attn_bwd_launch(const CrossAttnParams& p, cudaStream_t stream) {
-  cross_attn_bwd_dq_kernel<T, kD><<<p.batch * p.heads, kAttnThreads, 0, stream>>>(p);
+  const auto dq_kernel = cross_attn_bwd_dq_kernel<T, kD>;
+  BLIPX_LAUNCH(dq_kernel, p.batch * p.heads, kAttnThreads, 0, stream, p);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(ceil_div(p.k_len, kAttnRows)), p.heads, p.batch);
-  cross_attn_bwd_dkdv_kernel<T, kD><<<grid, kAttnThreads, 0, stream>>>(p);
+  const auto dkdv_kernel = cross_attn_bwd_dkdv_kernel<T, kD>;
+  BLIPX_LAUNCH(dkdv_kernel, grid, kAttnThreads, 0, stream, p);
   return cudaGetLastError();
 }
 

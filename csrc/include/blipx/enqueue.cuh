@@ -6,8 +6,11 @@
 
 #include <cstdint>
 
+#include "blipx/launch.cuh"
+
 namespace blipx {
 
+// blipx-design: occupancy >= 75% -- grid-stride copy with one element in flight per thread: needs many warps (<= 40 regs)
 template <typename T>
 __global__ void enqueue_rows_kernel(T* __restrict__ queue, const int64_t* __restrict__ ptr, const T* __restrict__ feats,
                                     int64_t queue_size, int64_t width, int64_t rows) {
@@ -22,6 +25,7 @@ __global__ void enqueue_rows_kernel(T* __restrict__ queue, const int64_t* __rest
   }
 }
 
+// blipx-design: occupancy >= 0% -- a single thread (<<<1, 1>>>) advancing the pointer: occupancy is moot
 template <typename I>
 __global__ void enqueue_advance_kernel(I* ptr, int64_t queue_size, int64_t rows) {
   const int64_t start = ((*ptr % queue_size) + queue_size) % queue_size;
@@ -36,10 +40,12 @@ cudaError_t enqueue_launch(T* queue, int64_t* ptr, const T* feats, int64_t queue
     constexpr int threads = 256;
     const int64_t want = (total + threads - 1) / threads;
     const unsigned blocks = static_cast<unsigned>(want < 4096 ? want : 4096);
-    enqueue_rows_kernel<T><<<blocks, threads, 0, stream>>>(queue, ptr, feats, queue_size, width, rows);
+    const auto rows_kernel = enqueue_rows_kernel<T>;
+    BLIPX_LAUNCH(rows_kernel, blocks, threads, 0, stream, queue, ptr, feats, queue_size, width, rows);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
   }
-  enqueue_advance_kernel<int64_t><<<1, 1, 0, stream>>>(ptr, queue_size, rows);
+  const auto advance_kernel = enqueue_advance_kernel<int64_t>;
+  BLIPX_LAUNCH(advance_kernel, 1, 1, 0, stream, ptr, queue_size, rows);
   return cudaGetLastError();
 }
 

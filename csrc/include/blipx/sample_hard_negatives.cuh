@@ -18,6 +18,7 @@
 
 #include <cstdint>
 
+#include "blipx/launch.cuh"
 #include "blipx/philox.cuh"
 
 namespace blipx {
@@ -73,6 +74,7 @@ __device__ __forceinline__ Acc gumbel_from_bits(uint32_t x) {
   return -log(-log(u));
 }
 
+// blipx-design: occupancy >= 50% -- Philox state and two race entries per thread (~55 regs): 2 blocks of 512 threads/SM
 template <typename T, typename Acc>
 __global__ void sample_hard_negatives_kernel(const T* __restrict__ sim, int64_t s_row, int64_t s_col,
                                              const bool* __restrict__ mask, int64_t m_row, int64_t m_col,
@@ -128,8 +130,9 @@ cudaError_t sample_hard_negatives_launch(const T* sim, int64_t s_row, int64_t s_
                                          int64_t m_col, bool diag_positive, int64_t rows, int64_t n, int64_t* out,
                                          PhiloxArgs rng, int threads, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
-  sample_hard_negatives_kernel<T, Acc><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
-      sim, s_row, s_col, mask, m_row, m_col, diag_positive, n, out, rng);
+  const auto kernel = sample_hard_negatives_kernel<T, Acc>;
+  BLIPX_LAUNCH(kernel, static_cast<unsigned>(rows), threads, 0, stream, sim, s_row, s_col, mask, m_row, m_col,
+               diag_positive, n, out, rng);
   return cudaGetLastError();
 }
 

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 
+#include "blipx/launch.cuh"
 #include "blipx/philox.cuh"
 #include "blipx/vec.cuh"
 
@@ -107,10 +108,11 @@ __device__ __forceinline__ ArgBest block_best(ArgBest a, float* sv, int* si) {
 
 // kCache: the row (y, then w) lives in dynamic shared memory (V floats); otherwise every pass
 // re-reads the logits (L2-resident for decoding-sized batches) and recomputes.
+// blipx-design: occupancy >= 50% -- 1024 threads at <= 64 regs (launch bounds): 1 block/SM; so does the cached row (119 KB at V = 30524)
 template <typename T, bool kCache>
 __global__ void __launch_bounds__(1024) sample_tokens_kernel(const SampleTokensParams p) {
   using namespace sample_tokens_detail;
-  extern __shared__ float cache[];
+  BLIPX_DYNAMIC_SHARED(float, cache);
   __shared__ float red_f[32];
   __shared__ int red_i[32];
   const int64_t row = blockIdx.x;
@@ -230,9 +232,10 @@ cudaError_t sample_tokens_launch(const SampleTokensParams& p, int threads, int m
       const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       if (e != cudaSuccess) return e;
     }
-    kernel<<<static_cast<unsigned>(p.rows), threads, smem, stream>>>(p);
+    BLIPX_LAUNCH(kernel, static_cast<unsigned>(p.rows), threads, smem, stream, p);
   } else {
-    sample_tokens_kernel<T, false><<<static_cast<unsigned>(p.rows), threads, 0, stream>>>(p);
+    const auto kernel = sample_tokens_kernel<T, false>;
+    BLIPX_LAUNCH(kernel, static_cast<unsigned>(p.rows), threads, 0, stream, p);
   }
   return cudaGetLastError();
 }

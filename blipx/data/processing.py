@@ -1,6 +1,10 @@
 """Test-time image preprocessing of ALBEF and BLIP: square bicubic resize, [0, 1] scaling and
 the CLIP mean/std normalisation (both repositories use the CLIP statistics).
 
+This is the one preprocessing path of every image at test time: ``BlipCaptioner.caption`` and
+the other high-level calls, the CLIs, evaluation and CapFilt (through :func:`eval_transform`,
+which datasets apply per image), so one image file gives the same pixel values everywhere.
+
 PIL images are resized with PIL's bicubic filter, as the official ``transforms.Resize`` on PIL
 images and HF's ``BlipImageProcessor`` do; uint8 tensors use torchvision's antialiased bicubic
 kernel, which matches PIL to within a few 8-bit levels. Needs ``torchvision``.
@@ -32,6 +36,13 @@ class ImageProcessor:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
+    def one(self, img: Any) -> torch.Tensor:
+        """One image -> normalised float32 [3, S, S] (what datasets apply per sample)."""
+        return self._normalize(self._resize_one(img)[None])[0]
+
+    def _normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float().div_(255.0) - self.mean) / self.std
+
     def _resize_one(self, img: Any) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
@@ -54,15 +65,19 @@ class ImageProcessor:
             images = [images]
         if not images:
             raise ValueError("no images given")
-        batch = torch.stack([self._resize_one(im) for im in images]).float().div_(255.0)
-        return (batch - self.mean) / self.std
+        return self._normalize(torch.stack([self._resize_one(im) for im in images]))
 
 
-def blip_image_processor(image_size: int = 384) -> ImageProcessor:
-    """BLIP test transform: Resize((S, S), bicubic) -> ToTensor -> Normalize(CLIP)."""
+def image_processor(family: str = "blip", image_size: int = 384) -> ImageProcessor:
+    """The test transform of ``family``: Resize((S, S), bicubic) -> ToTensor -> Normalize(CLIP).
+
+    BLIP and ALBEF use the same pipeline (ALBEF also normalises with the CLIP statistics); the
+    family argument keeps call sites honest if a future family differs."""
+    if family not in ("blip", "albef"):
+        raise ValueError(f"family must be 'blip' or 'albef', got {family!r}")
     return ImageProcessor(image_size)
 
 
-def albef_image_processor(image_size: int = 384) -> ImageProcessor:
-    """ALBEF test transform: the same pipeline (ALBEF also normalises with the CLIP statistics)."""
-    return ImageProcessor(image_size)
+def eval_transform(image_size: int, family: str = "blip"):
+    """Per-image test transform for datasets: PIL image (or uint8 [3, H, W]) -> float32 [3, S, S]."""
+    return image_processor(family, image_size).one

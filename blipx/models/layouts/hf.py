@@ -1,6 +1,7 @@
 """Hugging Face ``transformers`` BLIP directories -> blipx (config and key names).
 
-HF BLIP = the Salesforce network with renamed vision keys (hf-blip.md §4); text keys are the
+HF BLIP = the Salesforce network with renamed vision keys (transformers'
+``convert_blip_original_pytorch_to_hf.py``); text keys are the
 MED names blipx uses. HF ``save_pretrained`` drops the tied ``cls.predictions.decoder.*``;
 the loader re-ties them through blipx's alias groups. No transformers import is needed.
 """
@@ -62,45 +63,45 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     return ModelConfig(family="blip", vision=vision, text=text, embed_dim=cfg.get("image_text_hidden_size", 256))
 
 
-_VISION_RENAMES = [
-    (r"vision_model\.embeddings\.class_embedding", "visual_encoder.cls_token"),
-    (r"vision_model\.embeddings\.position_embedding", "visual_encoder.pos_embed"),
-    (r"vision_model\.embeddings\.patch_embedding\.", "visual_encoder.patch_embed.proj."),
-    (r"vision_model\.post_layernorm\.", "visual_encoder.norm."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"visual_encoder.blocks.\1.attn.proj."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"visual_encoder.blocks.\1.attn.qkv."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.layer_norm1\.", r"visual_encoder.blocks.\1.norm1."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.layer_norm2\.", r"visual_encoder.blocks.\1.norm2."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.blocks.\1.mlp."),
+# One table of (HF prefix, blipx prefix); "{i}" is a layer index. Both directions come from it.
+_VISION_NAMES = [
+    ("vision_model.embeddings.class_embedding", "visual_encoder.cls_token"),
+    ("vision_model.embeddings.position_embedding", "visual_encoder.pos_embed"),
+    ("vision_model.embeddings.patch_embedding.", "visual_encoder.patch_embed.proj."),
+    ("vision_model.post_layernorm.", "visual_encoder.norm."),
+    ("vision_model.encoder.layers.{i}.self_attn.projection.", "visual_encoder.blocks.{i}.attn.proj."),
+    ("vision_model.encoder.layers.{i}.self_attn.qkv.", "visual_encoder.blocks.{i}.attn.qkv."),
+    ("vision_model.encoder.layers.{i}.layer_norm1.", "visual_encoder.blocks.{i}.norm1."),
+    ("vision_model.encoder.layers.{i}.layer_norm2.", "visual_encoder.blocks.{i}.norm2."),
+    ("vision_model.encoder.layers.{i}.mlp.", "visual_encoder.blocks.{i}.mlp."),
 ]
 
 
-def hf_key_to_blipx(key: str) -> str:
-    for pat, rep in _VISION_RENAMES:
-        new, n = re.subn("^" + pat, rep, key)
+def _rules(pairs: list[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
+    """(source prefix, target prefix) -> (compiled ^pattern, re.sub replacement)."""
+    return [(re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)")), dst.replace("{i}", r"\1"))
+            for src, dst in pairs]
+
+
+_TO_BLIPX = _rules(_VISION_NAMES)
+_TO_HF = _rules([(b, a) for a, b in _VISION_NAMES])
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    for pat, rep in rules:
+        new, n = pat.subn(rep, key)
         if n:
             return new
     return key
+
+
+def hf_key_to_blipx(key: str) -> str:
+    return _rename(key, _TO_BLIPX)
 
 
 def blipx_key_to_hf(key: str) -> str:
     """Inverse of :func:`hf_key_to_blipx` (used by tests and by export)."""
-    inverse = [
-        (r"visual_encoder\.cls_token", "vision_model.embeddings.class_embedding"),
-        (r"visual_encoder\.pos_embed", "vision_model.embeddings.position_embedding"),
-        (r"visual_encoder\.patch_embed\.proj\.", "vision_model.embeddings.patch_embedding."),
-        (r"visual_encoder\.norm\.", "vision_model.post_layernorm."),
-        (r"visual_encoder\.blocks\.(\d+)\.attn\.proj\.", r"vision_model.encoder.layers.\1.self_attn.projection."),
-        (r"visual_encoder\.blocks\.(\d+)\.attn\.qkv\.", r"vision_model.encoder.layers.\1.self_attn.qkv."),
-        (r"visual_encoder\.blocks\.(\d+)\.norm1\.", r"vision_model.encoder.layers.\1.layer_norm1."),
-        (r"visual_encoder\.blocks\.(\d+)\.norm2\.", r"vision_model.encoder.layers.\1.layer_norm2."),
-        (r"visual_encoder\.blocks\.(\d+)\.mlp\.", r"vision_model.encoder.layers.\1.mlp."),
-    ]
-    for pat, rep in inverse:
-        new, n = re.subn("^" + pat, rep, key)
-        if n:
-            return new
-    return key
+    return _rename(key, _TO_HF)
 
 
 def state_dict_from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -74,7 +74,7 @@ def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], lis
         "reference": lambda: momentum_update_ref(ema, par, MOMENTUM),
         "blipx": lambda: blipx.ops.momentum_update_(ema, par, MOMENTUM),
     }
-    rec = Recorder("ema", dev)
+    rec = Recorder("momentum_update", dev)
     copy_t = time_fn(lambda: big_dst.copy_(big), dev, iters=iters)
     copy_gbs = 8 * big.numel() / copy_t["ms"] / 1e6
     rec.add(provider="d2d copy (ceiling)", params_M=big.numel() / 1e6, ms=copy_t["ms"], p20_ms=copy_t["p20_ms"],

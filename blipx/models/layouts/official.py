@@ -1,4 +1,5 @@
-"""Salesforce ALBEF / BLIP ``.pth`` layouts -> blipx (albef-blip.md §3).
+"""Salesforce ALBEF / BLIP ``.pth`` layouts -> blipx (the load-time rewrites of salesforce/ALBEF and
+salesforce/BLIP ``load_checkpoint``).
 
 blipx keeps the official module names, so the conversion is small: drop the persistent
 ``position_ids`` buffers, pull out the queues (training state, not model weights), and map
@@ -47,6 +48,15 @@ def _count(sd: dict[str, torch.Tensor], pattern: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
+def _heads(width: int, what: str) -> int:
+    """Head count of a released model (head size 64); a width that is not a multiple of 64 has
+    no such count, and guessing one would build a different network."""
+    if width < 64 or width % 64:
+        raise ValueError(f"cannot infer the {what} head count from width {width} (released models use a head size "
+                         "of 64); pass config= (a name from blipx.models.list_models() or a ModelConfig)")
+    return width // 64
+
+
 def infer_config(sd: dict[str, torch.Tensor]) -> ModelConfig:
     """Architecture from tensor shapes (head size 64, as in every released model)."""
     try:
@@ -55,7 +65,7 @@ def infer_config(sd: dict[str, torch.Tensor]) -> ModelConfig:
         grid = math.isqrt(sd["visual_encoder.pos_embed"].shape[1] - 1)
         vision = VisionConfig(
             image_size=grid * patch, patch_size=patch, width=width,
-            depth=_count(sd, r"^visual_encoder\.blocks\.(\d+)\."), heads=width // 64,
+            depth=_count(sd, r"^visual_encoder\.blocks\.(\d+)\."), heads=_heads(width, 'vision'),
             mlp_dim=sd["visual_encoder.blocks.0.mlp.fc1.weight"].shape[0], layer_norm_eps=1e-6,
         )
         prefix = next(
@@ -70,7 +80,7 @@ def infer_config(sd: dict[str, torch.Tensor]) -> ModelConfig:
         )
         tt = sd.get(f"{prefix}embeddings.token_type_embeddings.weight")
         text = TextConfig(
-            vocab_size=emb.shape[0], hidden_size=emb.shape[1], num_layers=n_layers, num_heads=emb.shape[1] // 64,
+            vocab_size=emb.shape[0], hidden_size=emb.shape[1], num_layers=n_layers, num_heads=_heads(emb.shape[1], 'text'),
             intermediate_size=sd[f"{prefix}encoder.layer.0.intermediate.dense.weight"].shape[0],
             max_position_embeddings=sd[f"{prefix}embeddings.position_embeddings.weight"].shape[0],
             type_vocab_size=0 if tt is None else tt.shape[0], hidden_dropout=0.1, attention_dropout=0.1,

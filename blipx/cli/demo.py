@@ -14,68 +14,14 @@ import json
 import time
 from pathlib import Path
 
-import torch
+from blipx.cli._common import resolve_device
 
-
-DEMO_DECODING = {"beam3": dict(num_beams=3), "nucleus0.9": dict(do_sample=True, top_p=0.9, top_k=0)}
-
-# Pretraining a from-scratch blip_mini on one-shape scenes in minutes (measured on 2 CPU cores;
-# the numbers are in the README). Where it departs from the official recipe, and why:
-SHAPES_RECIPE = dict(
-    # blip_mini: 48 px with patch 16, so each shape lies in one patch of the scenes' 3x3 grid;
-    # initializer_range 0.1 (at 0.02 ITC first collapses all features); pos_embed_init_std 0.5
-    # (at 0.1 position drowns in the patch features); no dropout.
-    model="blip_mini",
-    lr=1e-3, min_lr=1e-5,
-    queue_size=0, momentum=0.9, alpha=0.0,  # a 0.995 EMA and a queue lag a 1000-step run
-    itm_hardness_warmup_steps=400,  # ITM stays at its prior under hard negatives from step 0
-    label_smoothing=0.0,  # 0.1 caps p(token) at ~0.9, right at the nucleus-0.9 edge
-    randaugment=False, crop_scale=[1.0, 1.0], flip="swap",  # captions name positions
-)
-SHAPES_DATA = {"max_objects": 1}
-
-
-def shapes_retrieval(model_dir: Path, n: int, device: str, max_objects: int = 3) -> tuple[dict, dict]:
-    """Held-out retrieval metrics and their chance levels (hit = the caption describes the image)."""
-    from blipx.data import ShapesDataset, caption_match_matrix, eval_transform
-    from blipx.evaluation import chance_recall, evaluate_retrieval
-    from blipx.models import BlipRetriever
-    from blipx.models.downstream import load_model_as
-
-    model = load_model_as(BlipRetriever, str(model_dir)).to(device)
-    size = model.config.vision.image_size
-    ds = ShapesDataset("test", num_samples=n, image_size=size, transform=eval_transform(size), max_objects=max_objects)
-    samples = [ds[i] for i in range(n)]
-    captions = [s["caption"] for s in samples]
-    positives = caption_match_matrix(captions, [s["objects"] for s in samples])
-    images = torch.stack([s["image"] for s in samples]).to(device)
-    metrics = evaluate_retrieval(model, images, captions, list(range(n)), k_test=16, positives=positives)
-    return metrics, chance_recall(torch.arange(n), positives)
-
-
-def shapes_caption_accuracy(model_dir: Path, n: int, device: str, decoding: dict[str, dict] = DEMO_DECODING,
-                            max_objects: int = 3) -> dict:
-    """Per decoding mode: the fraction of held-out captions naming exactly the scene's shapes and
-    colours, and three examples."""
-    from blipx.data import ShapesDataset, caption_matches, eval_transform
-    from blipx.models import BlipCaptioner
-    from blipx.models.downstream import load_model_as
-
-    model = load_model_as(BlipCaptioner, str(model_dir)).to(device).eval()
-    size = model.config.vision.image_size
-    ds = ShapesDataset("test", num_samples=n, image_size=size, transform=eval_transform(size), max_objects=max_objects)
-    samples = [ds[i] for i in range(n)]
-    out = {}
-    gen = torch.Generator(device=device).manual_seed(0)
-    for name, kw in decoding.items():
-        kw = {**kw, "generator": gen} if kw.get("do_sample") else kw
-        texts = []
-        for start in range(0, n, 64):
-            px = torch.stack([s["image"] for s in samples[start:start + 64]]).to(device)
-            texts += model.caption(px, None, max_length=30, min_length=5, **kw)
-        acc = sum(caption_matches(t, s["objects"]) for t, s in zip(texts, samples)) / n
-        out[name] = {"accuracy": acc, "examples": [{"truth": s["caption"], "caption": t} for s, t in zip(samples[:3], texts[:3])]}
-    return out
+def add_parser(sub) -> None:
+    # ``blipx demo ...`` is routed to :func:`main` before argparse (it owns its options); this
+    # entry only lists it in ``blipx --help``.
+    p = sub.add_parser("demo", help="pretrain a small BLIP on synthetic shapes, evaluate, caption", add_help=False)
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: main(a.demo_args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,14 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="default: 1000 (what the README numbers used)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval-samples", type=int, default=200)
-    ap.add_argument("--max-objects", type=int, default=SHAPES_DATA["max_objects"],
+    ap.add_argument("--max-objects", type=int, default=None,
                     help="shapes per scene, 1..N (default 1; 3 is much harder: see the README)")
     args = ap.parse_args(argv)
 
+    from blipx.evaluation.shapes import shapes_caption_accuracy, shapes_retrieval
     from blipx.train.config import load_config
+    from blipx.train.recipes import SHAPES_DATA, SHAPES_RECIPE
     from blipx.train.run import run_training
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
+    if args.max_objects is None:
+        args.max_objects = SHAPES_DATA["max_objects"]
     steps = args.steps or 1000
     out = Path(args.out)
     print(f"== blipx demo: pretraining blip_mini on captioned shapes, {steps} steps x {args.batch_size} on {device}")
@@ -103,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, warmup_steps=min(40, steps // 10), log_every=max(1, steps // 10), epochs=1000,
         # fp32 everywhere: the recipe was measured in fp32, and an 8.5 M-parameter model is bound by
         # kernel launches on a GPU, where bf16 would buy little.
-        seed=0, amp="none",
+        seed=0, amp="none", overwrite=True,  # a demo always starts afresh in --out
         data_options={"num_samples": 10000, **SHAPES_DATA, "max_objects": args.max_objects}))
     history = run_training(cfg, progress=True)
     train_s = time.perf_counter() - t0
@@ -136,5 +86,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,8 @@
 """``blipx bench``: finds the bench_*.py scripts, runs each, prints one table per benchmark.
 
-The scripts live in the repository's benchmarks/ folder and are also installed into the package
-(blipx/benchmarks) by CMake, so an installed blipx can run them too.
+The scripts live in the repository's benchmarks/ folder (a source checkout, which an editable
+install runs from); they are not installed into the wheel, so an installed blipx is pointed at a
+checkout with ``--dir``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 
 
 def find_bench_dir(explicit: str | None = None) -> Path:
-    here = Path(__file__).resolve().parent
+    checkout = Path(__file__).resolve().parents[2]  # blipx/cli/bench.py -> the repository root
     candidates = [Path(explicit)] if explicit else []
-    candidates += [here.parent / "benchmarks", here / "benchmarks", Path.cwd() / "benchmarks"]
+    candidates += [checkout / "benchmarks", Path.cwd() / "benchmarks"]
     for c in candidates:
         if (c / "harness.py").is_file():
             return c
@@ -29,6 +30,15 @@ def _load(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="run the microbenchmarks and print a table")
+    p.add_argument("names", nargs="*", help="benchmarks to run (e.g. momentum_update); default: all")
+    p.add_argument("--quick", action="store_true", help="smaller shapes and fewer repeats (smoke run)")
+    p.add_argument("--out", default=None, help="JSONL file to append result rows to (default: none)")
+    p.add_argument("--dir", default=None, help="directory holding bench_*.py (default: the source checkout's)")
+    p.set_defaults(func=lambda a: run_benchmarks(a.names, quick=a.quick, out=a.out, bench_dir=a.dir))
 
 
 def run_benchmarks(names: list[str], quick: bool = False, out: str | None = None, bench_dir: str | None = None) -> int:

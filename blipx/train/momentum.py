@@ -1,23 +1,18 @@
-"""MomentumEMA: pairs modules with their momentum copies once, then updates all of them with a
-single ``blipx.ops.momentum_update_`` call per step (one CUDA launch for ALBEF's four pairs)."""
+"""MomentumEMA: the exponential moving average that moves a model's momentum copies (``*_m``,
+built by ``blipx.models.contrastive.momentum_copy``) toward their online modules. Training
+state, so it lives with training: a task owns one and steps it once per optimizer step.
+
+The pairs are matched once; each step is a single ``blipx.ops.momentum_update_`` call (one CUDA
+launch for ALBEF's four encoder/projection pairs)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from blipx import ops
-
-
-def momentum_copy(module: nn.Module) -> nn.Module:
-    """A frozen deep copy of ``module`` to serve as its momentum (EMA) encoder."""
-    m = copy.deepcopy(module)
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m
 
 
 class MomentumEMA:

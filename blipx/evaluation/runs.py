@@ -1,25 +1,26 @@
-"""``blipx eval``: retrieval (ITC top-k + ITM re-rank, R@1/5/10) and captioning (BLEU-4, CIDEr)
+"""What ``blipx eval`` runs: retrieval (ITC top-k + ITM re-rank, R@1/5/10) and captioning (BLEU-4, CIDEr)
 of a trained model on a held-out split of the synthetic shapes data or an annotation file."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from blipx.models.downstream import load_model_as
+from blipx.models import BlipCaptioner, from_pretrained
 
 
 def load_eval_pairs(data: str, image_size: int, split: str = "test", num_samples: int | None = None,
-                    image_root: str | None = None):
-    """(pixel_values [N_img, 3, S, S], texts, txt2img, references {image index: [captions]})."""
+                    image_root: str | None = None, max_objects: int | None = None):
+    """(pixel_values [N_img, 3, S, S], texts, txt2img, references {image index: [captions]}).
+
+    ``max_objects``: shapes per scene of the "shapes" data (its default when None)."""
     from blipx.data import eval_transform, get_dataset
 
     transform = eval_transform(image_size)
     if data == "shapes":
-        ds = get_dataset("shapes", split=split, image_size=image_size, transform=transform,
-                         **({"num_samples": num_samples} if num_samples else {}))
+        opts = {k: v for k, v in (("num_samples", num_samples), ("max_objects", max_objects)) if v}
+        ds = get_dataset("shapes", split=split, image_size=image_size, transform=transform, **opts)
     else:
         ds = get_dataset("json", ann_files=data, image_root=image_root or str(Path(data).parent), transform=transform)
     images, texts, txt2img, refs, slot = [], [], [], {}, {}
@@ -39,26 +40,24 @@ def load_eval_pairs(data: str, image_size: int, split: str = "test", num_samples
 
 
 def eval_retrieval(model_path: str, data: str = "shapes", split: str = "test", num_samples: int | None = None,
-                   k_test: int = 16, device: str = "cpu", image_root: str | None = None) -> dict[str, float]:
-    from blipx.evaluation import evaluate_retrieval
-    from blipx.models import AlbefRetriever, BlipRetriever
+                   k_test: int = 16, device: str = "cpu", image_root: str | None = None,
+                   max_objects: int | None = None) -> dict[str, float]:
+    from blipx.evaluation.retrieval import evaluate_retrieval
 
-    cfg_file = Path(model_path) / "config.json"
-    # A blipx folder records its family; HF folders and official files are BLIP or say so on load.
-    family = json.loads(cfg_file.read_text()).get("config", {}).get("family", "blip") if cfg_file.is_file() else "blip"
-    cls = BlipRetriever if family == "blip" else AlbefRetriever
-    model = load_model_as(cls, model_path).to(device)
-    images, texts, txt2img, _ = load_eval_pairs(data, model.config.vision.image_size, split, num_samples, image_root)
+    model = from_pretrained(model_path, task="retriever").to(device)  # the checkpoint's family
+    images, texts, txt2img, _ = load_eval_pairs(data, model.config.vision.image_size, split, num_samples, image_root,
+                                                max_objects)
     return evaluate_retrieval(model, images.to(device), texts, txt2img, k_test=k_test)
 
 
 def eval_captioning(model_path: str, data: str = "shapes", split: str = "test", num_samples: int | None = None,
-                    device: str = "cpu", image_root: str | None = None, **generate_kwargs) -> dict[str, float]:
-    from blipx.evaluation import caption_metrics
-    from blipx.models import BlipCaptioner
+                    device: str = "cpu", image_root: str | None = None, max_objects: int | None = None,
+                    **generate_kwargs) -> dict[str, float]:
+    from blipx.evaluation.captioning import caption_metrics
 
-    model = load_model_as(BlipCaptioner, model_path).to(device).eval()
-    images, _, _, refs = load_eval_pairs(data, model.config.vision.image_size, split, num_samples, image_root)
+    model = BlipCaptioner.from_pretrained(model_path).to(device)
+    images, _, _, refs = load_eval_pairs(data, model.config.vision.image_size, split, num_samples, image_root,
+                                         max_objects)
     kwargs = {"num_beams": 3, "max_length": 20, "min_length": 5, **generate_kwargs}  # the official COCO eval settings
     preds = {}
     for start in range(0, len(images), 32):

@@ -11,6 +11,32 @@ from blipx import _native
 from blipx.ops._backend import OP_NAMES, has_kernel, use_kernels
 
 
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="versions, compiled CUDA archs, and which ops have CPU/CUDA kernels")
+    p.add_argument("--kernels", action="store_true",
+                   help="also the static report of the compiled CUDA kernels (registers, spills, shared memory, "
+                        "occupancy, SASS facts; no GPU needed); exit 1 if a kernel misses its design")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    print("\n".join(info_lines()))
+    if not args.kernels:
+        return 0
+    from blipx.ops import kernel_report
+
+    try:
+        report = kernel_report.build_report()
+    except kernel_report.ReportUnavailable as exc:
+        print(f"\nkernel report unavailable: {exc}")
+        return 1
+    print("\n" + kernel_report.format_report(report))
+    problems = kernel_report.check(report)
+    for p in problems:
+        print(f"PROBLEM: {p}")
+    return 1 if problems else 0
+
+
 def info_lines() -> list[str]:
     b = _native.build_info()
     yes = {True: "yes", False: "no"}
