@@ -24,5 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["demo"]:  # the demo owns its options (argparse's REMAINDER drops leading ones)
         return demo.main(argv[1:])
+    if argv[:2] == ["eval", "vqa"]:  # VQA evaluation has its own options (answer list, rank/generate)
+        from blipx.cli import vqa
+
+        return vqa.main(argv[2:])
     args = build_parser().parse_args(argv)
     return args.func(args)

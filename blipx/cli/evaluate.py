@@ -9,7 +9,8 @@ from blipx.cli._common import positive_int, resolve_device
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate retrieval (R@K) or captioning (BLEU-4, CIDEr) of a saved model")
+    p = sub.add_parser("eval", help="evaluate retrieval (R@K) or captioning (BLEU-4, CIDEr) of a saved model; "
+                       "`blipx eval vqa --help` for VQA")
     p.add_argument("what", choices=["retrieval", "caption"])
     p.add_argument("--model", required=True, help="a saved model folder (e.g. <out_dir>/model), HF dir or .pth")
     p.add_argument("--data", default="shapes", help="'shapes' or a JSON/JSONL annotation file")

@@ -44,7 +44,8 @@ def pre_question(question: str, style: str = "blip", max_words: int | None = Non
     return " ".join(words[:limit]) if len(words) > limit else q
 
 
-def answer_weights(answers: Sequence[str] | str, source: str = "vqa", family: str = "blip") -> tuple[list[str], list[float]]:
+def answer_weights(answers: Sequence[str] | str, source: str = "vqa",
+                   family: str = "blip") -> tuple[list[str], list[float]]:
     """(distinct answers, weights) of one question, as the official datasets build them: each
     VQA answer weighs 1/len(answers) per occurrence; a VG answer gets the family's fixed weight.
     ALBEF's answers get its eos text appended."""

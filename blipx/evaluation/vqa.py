@@ -215,5 +215,6 @@ def eval_vqa(model, data: str = "shapes_vqa", *, mode: str = "rank", answer_list
     return metrics, pred
 
 
-__all__ = ["eval_vqa", "evaluate_vqa", "normalize_answer", "predict_answers", "process_digit_article", "process_punctuation", "vqa_accuracy",
+__all__ = ["eval_vqa", "evaluate_vqa", "normalize_answer", "predict_answers", "process_digit_article",
+           "process_punctuation", "vqa_accuracy",
            "write_results"]

@@ -139,7 +139,8 @@ class AlbefVqa(BlipxModel):
                         momentum: bool = False) -> VqaOutput:
         """Image embeddings, then all text layers (the fusion ones cross-attend to the image)
         -> ``VqaOutput(image_embeds, question_embeds [B, Tq, H])``."""
-        vis, enc = (self.visual_encoder_m, self.text_encoder_m) if momentum else (self.visual_encoder, self.text_encoder)
+        vis, enc = ((self.visual_encoder_m, self.text_encoder_m) if momentum
+                    else (self.visual_encoder, self.text_encoder))
         image_embeds = vis(pixel_values)
         q = enc(input_ids, attention_mask, encoder_hidden_states=image_embeds).last_hidden_state
         return VqaOutput(image_embeds, q)

@@ -117,7 +117,8 @@ def rank_answers(
     return RankOutput(topk_ids.gather(1, order), scores)
 
 
-_DECODER_CROSS_KV = re.compile(r"text_decoder(_m)?\.bert\.encoder\.layer\.\d+\.crossattention\.self\.(key|value)\.weight")
+_DECODER_CROSS_KV = re.compile(
+    r"text_decoder(_m)?\.bert\.encoder\.layer\.\d+\.crossattention\.self\.(key|value)\.weight")
 
 
 def fresh_cross_kv(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -185,6 +186,11 @@ class BlipVqa(BlipxModel):
         model.load_report.kept_init.extend(k for k in fresh if k in model.state_dict())  # not ignored _m
         return model
 
+    def _official_ids(self, input_ids: torch.Tensor, answer_ids: torch.Tensor):
+        """[ENC] over column 0 of the questions, [DEC] over that of the answers (official)."""
+        t = self.config.text
+        return with_first_token(input_ids, t.enc_token_id), with_first_token(answer_ids, t.bos_token_id)
+
     def encode_question(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
         return self.text_encoder(input_ids, attention_mask, encoder_hidden_states=image_embeds).last_hidden_state
 
@@ -218,12 +224,11 @@ class BlipVqa(BlipxModel):
         ``answer_counts`` [B] (answers per question, summing to N) and ``answer_weights`` [N].
         Returns ``sum(weight * per-answer LM loss) / B``; the LM loss is the label-smoothed
         per-sequence sum of salesforce/BLIP ``med.py`` (``reduction='none'``)."""
-        t = self.config.text
-        input_ids, answer_ids = with_first_token(input_ids, t.enc_token_id), with_first_token(answer_ids, t.bos_token_id)
+        input_ids, answer_ids = self._official_ids(input_ids, answer_ids)
         q = self.encode_question(self.visual_encoder(pixel_values), input_ids, attention_mask)
         states, mask = answer_rows(q, attention_mask, answer_counts, answer_ids.shape[0])
         logits = self.answer_logits(states, mask, answer_ids, answer_mask)
-        targets = answer_targets(answer_ids, t.pad_token_id)
+        targets = answer_targets(answer_ids, self.config.text.pad_token_id)
         per_answer = lm_loss(logits, targets, label_smoothing=label_smoothing, reduction="none")
         return weighted_answer_loss(per_answer, answer_weights, pixel_values.shape[0])
 
@@ -234,8 +239,7 @@ class BlipVqa(BlipxModel):
         answers [A, Ta] (the whole answer list), both tokenized ([CLS] first; [ENC] / [DEC] are
         written here); see :func:`rank_answers` (label-smoothed scores, as BLIP's decoder
         computes its loss)."""
-        t = self.config.text
-        input_ids, answer_ids = with_first_token(input_ids, t.enc_token_id), with_first_token(answer_ids, t.bos_token_id)
+        input_ids, answer_ids = self._official_ids(input_ids, answer_ids)
         q = self.encode_question(self.visual_encoder(pixel_values), input_ids, attention_mask)
         return rank_answers(self.text_decoder, q, attention_mask, answer_ids, answer_mask, k_test,
                             label_smoothing=0.1)

@@ -165,7 +165,15 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{key}={value!r}: expected {_type_name(base)}")
     if base is str:
         if isinstance(value, str):
-            return value  # not stripped: a prompt's trailing space is part of it
+            # A JSON string ('prompt="a picture of "', as the README's JSON values were written
+            # before typed parsing) is its content; anything else is taken as is, not stripped:
+            # a prompt's trailing space is part of it.
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                try:
+                    return json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            return value
         if isinstance(value, os.PathLike):  # paths (out_dir, data, init) given as Path objects
             return os.fspath(value)
         raise ConfigError(f"{key}={value!r}: expected a string, got {type(value).__name__}")

@@ -93,3 +93,10 @@ def test_default_output_folder_is_per_task():
     assert folders["blip_pretrain"] == "runs/blip_pretrain" and folders["blip_retrieval"] == "runs/blip_retrieval"
     assert len(set(folders.values())) == len(TASKS)
     assert TrainConfig(task="blip_caption", out_dir="elsewhere").out_dir == "elsewhere"
+
+
+def test_a_json_quoted_string_is_its_content():
+    from blipx.train.config import load_config
+
+    cfg = load_config(None, ['flip="swap"', 'prompt="a picture of "', "model=blip_mini"])
+    assert (cfg.flip, cfg.prompt, cfg.model) == ("swap", "a picture of ", "blip_mini")

@@ -150,10 +150,10 @@ def test_rank_and_generate_agree_once_answers_are_learnt(name):
 
 
 def test_eval_vqa_cli_on_shapes(tmp_path, capsys):
-    from blipx.cli import vqa as cli
+    from blipx.cli import main
 
     create_model("blip_tiny", "vqa").save_pretrained(tmp_path / "m")
-    assert cli.main(["--model", str(tmp_path / "m"), "--num-samples", "5", "--device", "cpu",
+    assert main(["eval", "vqa", "--model", str(tmp_path / "m"), "--num-samples", "5", "--device", "cpu",
                      "--results", str(tmp_path / "r.json")]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["questions"] == 5 and 0 <= metrics["accuracy"] <= 100
