@@ -1,4 +1,5 @@
-"""Vectorised beam search, step for step HF's ``GenerationMixin._beam_search`` (hf-blip.md §2.6).
+"""Vectorised beam search, step for step HF's ``GenerationMixin._beam_search``
+(transformers ``generation/utils.py``).
 
 State lives in fixed-shape device tensors ([B, K, T_max] running and finished sequences,
 [B, K] scores). Per step: :func:`blipx.ops.beam_search_step` fuses log_softmax, repetition

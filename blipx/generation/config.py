@@ -1,4 +1,5 @@
-"""Generation settings with Hugging Face's defaults and length rules (hf-blip.md §2.3).
+"""Generation settings with Hugging Face's defaults and length rules (transformers
+``GenerationConfig`` and ``generation/utils.py``).
 
 :func:`resolve` is the one place where every decoding setting is checked: a value that would
 crash deep inside the loop, or silently mean something else (``repetition_penalty=nan`` turns

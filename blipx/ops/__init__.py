@@ -158,7 +158,7 @@ def beam_search_step(
         )
 
 
-# --- issue 6: fused cross-attention -------------------------------------------------------------
+# --- fused cross-attention ----------------------------------------------------------------------
 from blipx.ops import _autograd  # noqa: E402,F401  (autograd formula of cross_attention_fwd)
 
 __all__ += ["cross_attention"]

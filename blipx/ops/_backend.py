@@ -21,7 +21,7 @@ _warned: set[tuple[str, str]] = set()
 
 # Every op blipx declares in csrc/registry.cpp, in one list for `blipx info` and the tests.
 OP_NAMES = ("momentum_update_", "enqueue_", "sample_hard_negatives", "sample_tokens", "beam_search_step")
-OP_NAMES += ("cross_attention_fwd", "cross_attention_bwd")  # issue 6
+OP_NAMES += ("cross_attention_fwd", "cross_attention_bwd")
 
 
 def use_kernels() -> bool:

@@ -1,6 +1,7 @@
 """Fine-tuning tasks on the task contract of :mod:`blipx.train.task`: BLIP captioning (LM with a
 prompt) and ALBEF/BLIP retrieval (ITC with image-id positives + ITM with id-masked hard
-negatives), as the official recipes (shared/reference/albef-blip.md §1.8, §2.6, §2.7)."""
+negatives), as the official recipes (salesforce/BLIP ``train_caption.py``,
+``train_retrieval.py``; salesforce/ALBEF ``Retrieval.py``)."""
 
 from __future__ import annotations
 

@@ -88,13 +88,12 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> list[dict]:
     import torch
 
     from blipx.tokenizer import tokenizer_for
-    from blipx.train.distributed import cleanup, init_distributed
+    from blipx.train.distributed import distributed_session
     from blipx.train.plots import plot_metrics
     from blipx.train.trainer import Trainer, estimate_flops_per_image
 
-    dist = init_distributed(cfg.device)
-    torch.manual_seed(cfg.seed + dist.rank)
-    try:
+    with distributed_session(cfg.device) as dist:
+        torch.manual_seed(cfg.seed + dist.rank)
         model = build_model(cfg)
         if cfg.grad_checkpointing:  # recompute every ViT block in the backward
             model.visual_encoder.config.grad_ckpt_layers = model.visual_encoder.config.depth
@@ -111,5 +110,3 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> list[dict]:
                 plot_metrics(Path(cfg.out_dir) / "metrics.jsonl")
             model.save_pretrained(Path(cfg.out_dir) / "model")
         return history
-    finally:
-        cleanup()

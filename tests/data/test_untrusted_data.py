@@ -1,6 +1,5 @@
 """Annotation files and images from the web: bad records, paths leaving image_root and huge images
-are skipped and counted through the same collate as unreadable images, never fatal (issue 14,
-items 10-12)."""
+are skipped and counted through the same collate as unreadable images, never fatal."""
 
 import json
 import logging

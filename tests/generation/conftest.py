@@ -1,4 +1,4 @@
-"""A tiny random HF BLIP captioner (hf-blip.md §1.4 / §5) and the same weights in blipx.
+"""A tiny random HF BLIP captioner (transformers' ``BlipConfig`` classes) and the same weights in blipx.
 
 N(0, 0.5) weights and a +15 bias on [SEP]: with these, captions are varied and rows stop at
 mixed steps, so the padding of finished rows and the beam bookkeeping are exercised

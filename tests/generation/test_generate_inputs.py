@@ -1,4 +1,4 @@
-"""Hostile inputs to generate() (issue 14 items 5 and 17): an empty batch returns an empty result;
+"""Hostile inputs to generate(): an empty batch returns an empty result;
 non-finite images, uint8 images and images of the wrong size are refused with a message saying
 what was wrong; every decoding setting that would crash deep inside or silently mean something
 else is refused up front, naming the setting."""

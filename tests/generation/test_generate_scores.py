@@ -127,7 +127,7 @@ def test_no_repeat_ngram_processor_equals_hf(size):
         scores = torch.randn(5, vocab, generator=torch.Generator().manual_seed(100 + cur))
         ref = NoRepeatNGramLogitsProcessor(size)(seqs[:, :cur], scores.clone())
         assert torch.equal(ban_repeated_ngrams(scores, seqs, cur, size), ref), cur
-        # A device-side length (issue 18's decode loop) gives the same bans.
+        # A device-side length (what a captured decode loop uses) gives the same bans.
         assert torch.equal(ban_repeated_ngrams(scores, seqs, torch.tensor([cur]), size), ref), cur
     assert torch.isinf(ref).any()  # the alphabet is small enough for bans to happen
 

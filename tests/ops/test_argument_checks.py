@@ -1,4 +1,4 @@
-"""Argument checks of every op, whichever path runs it (issue 14, items 13-15).
+"""Argument checks of every op, whichever path runs it.
 
 * 13: momentum_update_ refuses EMA tensors that share memory with each other or with a param.
 * 14: a meta tensor mixed into a CPU call (which the dispatcher sends to the fake kernel) is

@@ -181,7 +181,7 @@ def test_occupancy_is_at_least_the_design(report):
 
 
 def test_sass_has_what_the_design_declares(report):
-    # ldg128 / mma items: a tensor-core kernel (issue 18) declares `mma` and is held to it here.
+    # ldg128 / mma items: a tensor-core kernel declares `mma` and is held to it here.
     _assert_none(report, "sass")
 
 
