@@ -99,3 +99,15 @@ def test_cli_refuses_settings_that_make_no_sense(argv, option, value, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert f"argument {option}: must be" in err and f"got {value!r}" in err, err
+
+
+def test_missing_model_path_is_one_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import sys as _sys
+
+    from blipx.cli import main
+
+    monkeypatch.setitem(_sys.modules, "huggingface_hub", None)  # no hub: the path alone is judged
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "retrieval", "--model", "runs/nope", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blipx eval: no such checkpoint file or directory: runs/nope") and "Traceback" not in err

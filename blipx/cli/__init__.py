@@ -29,4 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return vqa.main(argv[2:])
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from blipx.weights.io import CheckpointError
+
+    try:
+        return args.func(args)
+    except (FileNotFoundError, CheckpointError) as e:  # a bad path or file: its message, not a traceback
+        print(f"blipx {args.command}: {e}", file=sys.stderr)
+        return 1
