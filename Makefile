@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q "scikit-build-core>=0.10" cmake ninja pytest numpy safetensors "transformers>=5" tokenizers \
-		pillow pyyaml tqdm matplotlib "webdataset>=1.0.2" "pycocoevalcap>=1.2"
+		pillow pyyaml tqdm matplotlib "webdataset>=1.0.2" "pycocoevalcap>=1.2" \
+		"fastapi>=0.165" uvicorn python-multipart jinja2 httpx onnx onnxruntime onnxscript
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -77,6 +77,8 @@ def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], lis
                 "hf": lambda n, kw=kw: hf.generate(pixel_values=px, **kw, **forced(n)),
                 "blipx": lambda n, kw=kw: ours.generate(px, **kw, **forced(n)),
             }
+            if dev.type == "cuda":  # the default captures each decode iteration; eager for comparison
+                calls["blipx (no CUDA graph)"] = lambda n, kw=kw: ours.generate(px, cuda_graph=False, **kw, **forced(n))
             same = None
             if not kw.get("do_sample"):
                 same = bool(torch.equal(calls["hf"](new_tokens).cpu(), calls["blipx"](new_tokens).cpu()))

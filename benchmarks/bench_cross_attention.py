@@ -1,6 +1,12 @@
 """Text-to-image cross-attention: blipx.ops.cross_attention vs SDPA (default and each backend) and
 the eager matmul-softmax-matmul formulation, forward and forward+backward.
 
+blipx rows: "blipx auto (-> X)" is the public op with its backend chosen by blipx.ops.dispatch
+(timed on first use in this run; X is what it chose), then each of its candidates forced: the
+fused kernel ("blipx kernel"), the tensor-core kernel where built ("blipx mma"), and SDPA with
+the groups folded into the query length ("blipx sdpa-fold"). ``vs_sdpa`` is the SDPA-fold time
+over the row's time: for "auto" it must not fall measurably below 1 (the choice never loses).
+
 Shapes: BLIP training B=64, H=12, Lq=35, Lk=577, D=64 in bf16 on a GPU (fp32 and B=8
 on the CPU), and the decode shape: 32 images x 3 beams, Lq=1. For the decode shape SDPA gets K/V
 already expanded per beam (what a repeat_interleave'd cache holds; the expansion is not timed)
@@ -23,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Recorder, bench_main, time_fn  # noqa: E402
 
 import blipx  # noqa: E402
+from blipx.ops import dispatch  # noqa: E402
 from blipx.ops.reference import cross_attention_ref  # noqa: E402
 
 
@@ -88,8 +95,11 @@ def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], lis
         k_rep, v_rep = k.repeat_interleave(g, 0), v.repeat_interleave(g, 0)
         q_elems, kv_elems = q.numel(), k.numel()
         fwd_flops = 4 * b * g * h * lq * lk * d
-        providers: dict[str, tuple] = {"blipx": (blipx.ops.cross_attention, k, v),
-                                       "eager (reference)": (cross_attention_ref, k, v)}
+        providers: dict[str, tuple] = {"blipx auto": (blipx.ops.cross_attention, k, v)}
+        forced = {"blipx": "blipx kernel", "blipx_mma": "blipx mma", "sdpa": "blipx sdpa-fold"}
+        for name in dispatch.candidates(dev.type, dtype, d):
+            providers[forced[name]] = (lambda q, k, v, run=dispatch.RUN[name]: run(q, k, v, None, d ** -0.5), k, v)
+        providers["eager (reference)"] = (cross_attention_ref, k, v)
         for name, backend in sdpa_backends(dev).items():
             fn = sdpa_call(backend)
             providers[name + (" (K/V per beam)" if g > 1 else "")] = (fn, k_rep, v_rep)
@@ -103,6 +113,7 @@ def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], lis
                 nbytes = esize * (2 * q_elems + 2 * kv_elems + 4 * q_elems + 4 * kv_elems)
                 flops = 3.5 * fwd_flops
             bound_us = nbytes / bw / 1e3
+            mode_rows = []
             for name, (fn, kk, vv) in providers.items():
                 if mode == "fwd":
                     def step(fn=fn, kk=kk, vv=vv):
@@ -122,11 +133,19 @@ def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], lis
                     rec.add(shape=label, mode=mode, provider=name, us=float("nan"), note=str(exc).splitlines()[0][:60])
                     continue
                 us = t["ms"] * 1e3
-                rec.add(shape=label, mode=mode, provider=name, B=b, G=g, dtype=str(dtype).split(".")[-1], us=us,
-                        p20_us=t["p20_ms"] * 1e3, p80_us=t["p80_ms"] * 1e3, TFLOPs=flops / us / 1e6,
-                        GBps=nbytes / us / 1e3, bound_us=bound_us, frac_bound=bound_us / us)
-    cols = ["shape", "mode", "provider", "B", "G", "dtype", "us", "p20_us", "p80_us", "TFLOPs", "GBps", "bound_us",
-            "frac_bound", "note", "device"]
+                if name == "blipx auto":  # what the dispatch chose for this key (timed in the warm-up)
+                    key = dispatch.make_key(q, k, None, mode != "fwd")
+                    name = f"blipx auto (-> {dispatch.choices()[key].backend})" if key in dispatch.choices() else name
+                mode_rows.append(rec.add(shape=label, mode=mode, provider=name, B=b, G=g,
+                                         dtype=str(dtype).split(".")[-1], us=us, p20_us=t["p20_ms"] * 1e3,
+                                         p80_us=t["p80_ms"] * 1e3, TFLOPs=flops / us / 1e6, GBps=nbytes / us / 1e3,
+                                         bound_us=bound_us, frac_bound=bound_us / us))
+            sdpa_us = next((r["us"] for r in mode_rows if r["provider"] == "blipx sdpa-fold"), None)
+            for r in mode_rows:
+                if sdpa_us is not None and r["provider"].startswith("blipx"):
+                    r["vs_sdpa"] = sdpa_us / r["us"]
+    cols = ["shape", "mode", "provider", "B", "G", "dtype", "us", "p20_us", "p80_us", "vs_sdpa", "TFLOPs", "GBps",
+            "bound_us", "frac_bound", "note", "device"]
     return rec.rows, cols
 
 

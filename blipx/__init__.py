@@ -18,7 +18,12 @@ def __getattr__(name: str):
         from blipx.train.momentum import MomentumEMA
 
         return MomentumEMA
+    # ``blipx.load`` / ``blipx.Pipeline``: one-call inference (blipx.api), imported on first use.
+    if name in ("load", "Pipeline"):
+        from blipx import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'blipx' has no attribute {name!r}")
 
 
-__all__ = ["ops", "models", "MomentumEMA", "__version__"]
+__all__ = ["ops", "models", "MomentumEMA", "Pipeline", "load", "__version__"]

@@ -238,8 +238,9 @@ SampleTokensShape check_sample_tokens_args(const at::Tensor& logits, double temp
 }
 
 BeamStepShape check_beam_search_step_args(const at::Tensor& logits, const at::Tensor& beam_scores,
-                                          const at::Tensor& sequences, int64_t cur_len, int64_t eos_token_id,
-                                          int64_t min_length, double repetition_penalty, int64_t num_beams) {
+                                          const at::Tensor& sequences, const std::optional<at::Tensor>& cur_len,
+                                          int64_t eos_token_id, int64_t min_length, double repetition_penalty,
+                                          int64_t num_beams) {
   constexpr const char* op = "beam_search_step";
   BLIPX_CHECK(logits.defined() && beam_scores.defined() && sequences.defined(), op, "logits, beam_scores and sequences must be defined");
   BLIPX_CHECK(logits.dim() == 2, op, "logits must be a 2-D [B*num_beams, V] tensor, got shape ", logits.sizes());
@@ -259,8 +260,20 @@ BeamStepShape check_beam_search_step_args(const at::Tensor& logits, const at::Te
   BLIPX_CHECK(sequences.scalar_type() == at::kLong, op, "sequences must be int64, got ", sequences.scalar_type());
   BLIPX_CHECK(sequences.dim() == 2 && sequences.size(0) == rows, op, "sequences must have shape [", rows,
               ", T] (one row per logits row), got ", sequences.sizes());
-  BLIPX_CHECK(cur_len >= 0 && cur_len <= sequences.size(1), op, "cur_len must be in [0, ", sequences.size(1),
-              "] (the columns of sequences), got ", cur_len);
+  if (cur_len.has_value() && cur_len->defined()) {
+    const auto& c = *cur_len;
+    BLIPX_CHECK(c.scalar_type() == at::kLong && c.numel() == 1, op,
+                "cur_len must be an int64 tensor with one element (the current length), got ", c.scalar_type(),
+                " of shape ", c.sizes());
+    BLIPX_CHECK(c.device() == logits.device(), op, "cur_len is on ", c.device(), " but logits is on ", logits.device(),
+                "; keep the length on the logits' device so reading it needs no host sync");
+    // A CPU value is read for free; a GPU one would cost a sync (the kernel clamps it instead).
+    if (c.device().is_cpu()) {
+      const int64_t n = *c.const_data_ptr<int64_t>();
+      BLIPX_CHECK(n >= 0 && n <= sequences.size(1), op, "cur_len must be in [0, ", sequences.size(1),
+                  "] (the columns of sequences), got ", n);
+    }
+  }
   BLIPX_CHECK(eos_token_id < v, op, "eos_token_id ", eos_token_id, " is outside the vocabulary of ", v,
               " tokens (pass -1 for none)");
   BLIPX_CHECK(repetition_penalty > 0.0, op, "repetition_penalty must be > 0, got ", repetition_penalty);
@@ -311,6 +324,15 @@ CrossAttentionShape check_cross_attention_args(const at::Tensor& q, const at::Te
     BLIPX_CHECK(m.device() == q.device(), op, "key_padding_mask is on ", m.device(), " but q is on ", q.device());
   }
   return {b, q.size(0) / b, h, q.size(2), lk, d};
+}
+
+CrossAttentionShape check_cross_attention_mma_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const std::optional<at::Tensor>& key_padding_mask, double scale) {
+  const auto sh = check_cross_attention_args(q, k, v, key_padding_mask, scale, /*allow_double=*/false);
+  BLIPX_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "cross_attention_mma",
+              "q must be float16 or bfloat16 for the tensor-core kernel (float32 runs on cross_attention_fwd), got ",
+              q.scalar_type());
+  return sh;
 }
 
 void check_cross_attention_bwd_args(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& out,
@@ -367,8 +389,8 @@ void check_sample_tokens_op(const at::Tensor& logits, double temperature, int64_
 }
 
 void check_beam_search_step_op(const at::Tensor& logits, const at::Tensor& beam_scores, const at::Tensor& sequences,
-                               int64_t num_beams, int64_t cur_len, int64_t eos_token_id, int64_t min_length,
-                               double repetition_penalty) {
+                               int64_t num_beams, const std::optional<at::Tensor>& cur_len, int64_t eos_token_id,
+                               int64_t min_length, double repetition_penalty) {
   check_beam_search_step_args(logits, beam_scores, sequences, cur_len, eos_token_id, min_length, repetition_penalty,
                               num_beams);
 }
@@ -380,6 +402,11 @@ bool cross_attention_allows_double(const at::Tensor& q) { return !q.is_cuda(); }
 void check_cross_attention_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const std::optional<at::Tensor>& key_padding_mask, double scale) {
   check_cross_attention_args(q, k, v, key_padding_mask, scale, cross_attention_allows_double(q));
+}
+
+void check_cross_attention_mma_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const std::optional<at::Tensor>& key_padding_mask, double scale) {
+  check_cross_attention_mma_args(q, k, v, key_padding_mask, scale);
 }
 
 void check_cross_attention_bwd_op(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
@@ -398,9 +425,10 @@ TORCH_LIBRARY_FRAGMENT(blipx, m) {
   m.def("_check_sample_hard_negatives(Tensor sim, Tensor? positive_mask=None, Generator? generator=None) -> ()");
   m.def("_check_sample_tokens(Tensor logits, float temperature=1., int top_k=0, float top_p=1., "
         "Tensor? temperatures=None, Tensor? top_ks=None, Tensor? top_ps=None, Generator? generator=None) -> ()");
-  m.def("_check_beam_search_step(Tensor logits, Tensor beam_scores, Tensor sequences, int num_beams, int cur_len, "
+  m.def("_check_beam_search_step(Tensor logits, Tensor beam_scores, Tensor sequences, int num_beams, Tensor? cur_len, "
         "int eos_token_id, int min_length=0, float repetition_penalty=1.) -> ()");
   m.def("_check_cross_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, float scale) -> ()");
+  m.def("_check_cross_attention_mma(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, float scale) -> ()");
   m.def("_check_cross_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor out, "
         "Tensor lse, float scale) -> ()");
 }
@@ -412,6 +440,7 @@ TORCH_LIBRARY_IMPL(blipx, CompositeImplicitAutograd, m) {
   m.impl("_check_sample_tokens", &blipx::check_sample_tokens_op);
   m.impl("_check_beam_search_step", &blipx::check_beam_search_step_op);
   m.impl("_check_cross_attention", &blipx::check_cross_attention_op);
+  m.impl("_check_cross_attention_mma", &blipx::check_cross_attention_mma_op);
   m.impl("_check_cross_attention_bwd", &blipx::check_cross_attention_bwd_op);
 }
 #endif  // BLIPX_SIMT

@@ -51,16 +51,20 @@ SampleTokensShape check_sample_tokens_args(const at::Tensor& logits, double temp
                                            const std::optional<at::Generator>& generator);
 
 // Validates beam_search_step's arguments: logits floating [B*K, V] with V >= 2, beam_scores
-// float32 [B*K], sequences int64 [B*K, T] with 0 <= cur_len <= T, num_beams >= 1 dividing the
-// rows, repetition_penalty > 0, all on one device. Returns (B, K, V).
+// float32 [B*K], sequences int64 [B*K, T], num_beams >= 1 dividing the rows, repetition_penalty
+// > 0, all on one device. cur_len, when given, is an int64 tensor of one element on that device;
+// its value (0 <= cur_len <= T) is checked only where reading it is free, on the CPU: on a GPU
+// it is never read on the host (that would be a sync), and the kernel clamps it to [0, T].
+// Returns (B, K, V).
 struct BeamStepShape {
   int64_t batch;
   int64_t beams;
   int64_t vocab;
 };
 BeamStepShape check_beam_search_step_args(const at::Tensor& logits, const at::Tensor& beam_scores,
-                                          const at::Tensor& sequences, int64_t cur_len, int64_t eos_token_id,
-                                          int64_t min_length, double repetition_penalty, int64_t num_beams);
+                                          const at::Tensor& sequences, const std::optional<at::Tensor>& cur_len,
+                                          int64_t eos_token_id, int64_t min_length, double repetition_penalty,
+                                          int64_t num_beams);
 
 }  // namespace blipx
 
@@ -85,5 +89,10 @@ CrossAttentionShape check_cross_attention_args(const at::Tensor& q, const at::Te
 // (float64 for float64 inputs).
 void check_cross_attention_bwd_args(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& out,
                                     const at::Tensor& lse);
+
+// The tensor-core op (cross_attention_mma_fwd): cross_attention's rules (no float64), and q must
+// be float16 or bfloat16 (float32 stays on the FMA kernels of cross_attention_fwd).
+CrossAttentionShape check_cross_attention_mma_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const std::optional<at::Tensor>& key_padding_mask, double scale);
 
 }  // namespace blipx

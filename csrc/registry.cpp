@@ -25,7 +25,10 @@ TORCH_LIBRARY(blipx, m) {
   // One beam-search step as HF's vectorised beam search: log_softmax(logits) in fp32, repetition
   // penalty over sequences[:, :cur_len], EOS banned while cur_len < min_length, plus beam_scores,
   // then the top 2K of each batch row's K*V candidates: (scores [B, 2K], tokens, source beams).
-  m.def("beam_search_step(Tensor logits, Tensor beam_scores, Tensor sequences, int num_beams, int cur_len, "
+  // cur_len is an int64 tensor of one element on the logits' device (None: all T columns), read
+  // by the kernel itself, so a decode loop passes its device-side position and one captured
+  // CUDA graph serves every step.
+  m.def("beam_search_step(Tensor logits, Tensor beam_scores, Tensor sequences, int num_beams, Tensor? cur_len, "
         "int eos_token_id, int min_length=0, float repetition_penalty=1.) -> (Tensor, Tensor, Tensor)");
   // Text-to-image attention where G query rows share one K/V row: q [B*G, H, Lq, D], k/v
   // [B, H, Lk, D], query rows b*G .. b*G+G-1 use K/V row b; key_padding_mask bool [B, Lk], True =
@@ -35,5 +38,11 @@ TORCH_LIBRARY(blipx, m) {
   m.def("cross_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, float scale) -> (Tensor, Tensor)");
   // Gradients of cross_attention_fwd's out: (dq, dk, dv); dk/dv summed over the G query groups.
   m.def("cross_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor out, "
+        "Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
+  // cross_attention_fwd / _bwd on the tensor cores (mma.sync): bf16 / fp16 only, CUDA only; the
+  // same inputs and outputs, so the two backwards are interchangeable.
+  m.def("cross_attention_mma_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, float scale) -> "
+        "(Tensor, Tensor)");
+  m.def("cross_attention_mma_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor out, "
         "Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
 }

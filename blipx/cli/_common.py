@@ -7,12 +7,11 @@ import math
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
-    if device != "auto":
-        return device
-    import torch
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; a CUDA device without CUDA is refused
+    (:func:`blipx.api.resolve_device`, as a string for the library calls)."""
+    from blipx.api import resolve_device as resolve
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve(device))
 
 
 # argparse ``type=`` helpers: a value that makes no sense is refused while parsing, and argparse

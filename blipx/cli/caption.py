@@ -1,64 +1,67 @@
-"""``blipx caption IMAGES...``: caption image files or folders with a BLIP captioner, JSONL out."""
+"""``blipx caption INPUTS...``: caption images with a BLIP captioner (:meth:`blipx.api.Pipeline.caption`),
+one JSONL row per image with its caption(s) and score(s)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from blipx.cli._common import positive_int, resolve_device
+from blipx.cli import _infer
+from blipx.cli._common import non_negative_int, positive_int, probability
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("caption", help="caption image files or folders (JSONL out)")
-    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--model", required=True, help="BLIP captioner: blipx folder, HF folder or official .pth")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--beams", type=int, default=3, help="beam search width (default 3)")
-    mode.add_argument("--top-p", type=float, default=None, help="nucleus sampling instead of beam search")
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--max-length", type=int, default=30)
-    p.add_argument("--min-length", type=int, default=5)
+    p = _infer.add_parser(sub, "caption", "caption images (JSONL out, with scores)",
+                          """Caption images with a BLIP captioner (blipx.load(...).caption), one JSONL row per image.
+
+Rows: {"image", "caption", "score"}, or with --num-captions N > 1 {"image", "captions", "scores"}.
+Scores: beam search's length-normalised log-likelihood (HF sequences_scores); for --sample the
+same quantity of each sampled caption under the model.""")
+    p.add_argument("images", nargs="+", help=_infer.INPUTS_HELP)
+    _infer.add_common(p, "BLIP captioner or pretraining model: blipx folder, HF folder or official .pth")
+    p.add_argument("--num-captions", type=positive_int, default=1, help="captions per image (default 1)")
+    p.add_argument("--beams", type=positive_int, default=None,
+                   help="beam search width (default 3, or --num-captions if larger)")
+    p.add_argument("--sample", action="store_true", help="nucleus sampling instead of beam search")
+    p.add_argument("--top-p", type=probability, default=None, help="nucleus mass (default 0.9; implies --sample)")
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="top-k with --sample (default 0: off)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="seed of --sample")
+    p.add_argument("--max-length", type=positive_int, default=30)
+    p.add_argument("--min-length", type=non_negative_int, default=5)
     p.add_argument("--prompt", default=None, help="e.g. 'a picture of ' for COCO-fine-tuned captioners")
     p.add_argument("--out", default=None, help="JSONL output (default: stdout)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from blipx.inference import caption_files, collect_images
-    from blipx.models import BlipCaptioner
+    import torch
 
-    captioner = BlipCaptioner.from_pretrained(args.model).to(resolve_device(args.device))
-    # Official decoding settings: beam search 3 beams, or nucleus sampling with top_p (BLIP's generate).
-    kw = dict(max_length=args.max_length, min_length=args.min_length)
-    kw.update(dict(do_sample=True, top_p=args.top_p, top_k=0) if args.top_p is not None else dict(num_beams=args.beams))
-    paths = collect_images(args.images)
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
+    sample = args.sample or args.top_p is not None
+    if sample and args.beams is not None:
+        args._parser.error("--beams and --sample/--top-p exclude each other")
+    n = args.num_captions
+    if args.beams is not None and args.beams < n:
+        args._parser.error(f"--beams {args.beams} cannot return --num-captions {n} captions (beams >= captions)")
+    # Official decoding settings (BLIP's generate): beam search 3 beams, or nucleus sampling.
+    kw = dict(max_length=args.max_length, min_length=args.min_length, prompt=args.prompt)
+    if sample:
+        kw.update(do_sample=True, top_p=0.9 if args.top_p is None else args.top_p, top_k=args.top_k)
+        if args.seed is not None:
+            kw["generator"] = torch.Generator().manual_seed(args.seed)
+    elif args.beams is not None:
+        kw["num_beams"] = args.beams
+    pipe = _infer.open_pipeline(args, "captioner")
+    if pipe is None:
+        return 1
+    if "generator" in kw and pipe.device.type != "cpu":
+        kw["generator"] = torch.Generator(pipe.device).manual_seed(args.seed)
+    records = _infer.read_inputs(args.images, args.image_root)
 
-        bar = tqdm(total=len(paths), unit="img", desc="caption")
-    sink = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    done = unreadable = 0
-    try:
-        for rows in caption_files(captioner, paths, args.batch_size, args.prompt, **kw):
-            for r in rows:
-                if "error" in r:
-                    unreadable += 1
-                    print(f"blipx caption: skipped {r['image']} ({r['error']})", file=sys.stderr)
-                else:
-                    done += 1
-                sink.write(json.dumps(r) + "\n")
-            sink.flush()
-            if bar is not None:
-                bar.update(len(rows))
-    finally:
-        if bar is not None:
-            bar.close()
-        if args.out:
-            sink.close()
-    print(f"{done} captioned, {unreadable} unreadable" + (f"; written to {args.out}" if args.out else ""),
-          file=sys.stderr)
-    return 0
+    def fn(images, _records):
+        caps, scores = pipe.caption(images, num_captions=n, return_scores=True, progress=False, **kw)
+        scores = scores.tolist()
+        if n == 1:
+            return [{"caption": c, "score": s} for c, s in zip(caps, scores)]
+        return [{"captions": c, "scores": s} for c, s in zip(caps, scores)]
+
+    with _infer.Sink(args.out) as sink:
+        return _infer.run_records(args, records, fn, sink, "captioned")

@@ -9,8 +9,11 @@ from blipx.cli._common import positive_int, resolve_device
 
 
 def add_parser(sub) -> None:
+    from blipx.cli import EVAL_TARGETS
+
+    others = ", ".join(sorted(EVAL_TARGETS))
     p = sub.add_parser("eval", help="evaluate retrieval (R@K) or captioning (BLEU-4, CIDEr) of a saved model; "
-                       "`blipx eval vqa --help` for VQA")
+                       f"also {others}: `blipx eval <target> --help`")
     p.add_argument("what", choices=["retrieval", "caption"])
     p.add_argument("--model", required=True, help="a saved model folder (e.g. <out_dir>/model), HF dir or .pth")
     p.add_argument("--data", default="shapes", help="'shapes' or a JSON/JSONL annotation file")

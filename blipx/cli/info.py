@@ -62,4 +62,8 @@ def info_lines() -> list[str]:
     lines.append(f"{'op':<{width}}{'CPU':<6}{'CUDA':<6}")
     for name in OP_NAMES:
         lines.append(f"{name:<{width}}{yes[has_kernel(name, 'cpu')]:<6}{yes[has_kernel(name, 'cuda')]:<6}")
+    from blipx.ops import dispatch
+
+    lines.append("")
+    lines += dispatch.describe()
     return lines

@@ -34,10 +34,21 @@ def _with_means(out: dict[str, float], ks) -> dict[str, float]:
     return out
 
 
-def _summary(tr: torch.Tensor, ir: torch.Tensor, ks=KS) -> dict[str, float]:
+def recall_summary(tr: torch.Tensor, ir: torch.Tensor, ks=KS) -> dict[str, float]:
+    """R@K in percent and their means from 0-based ranks: ``tr`` per image (its best caption),
+    ``ir`` per text (its best image)."""
     out = {f"txt_r{k}": 100.0 * float((tr < k).float().mean()) for k in ks}
     out.update({f"img_r{k}": 100.0 * float((ir < k).float().mean()) for k in ks})
     return _with_means(out, ks)
+
+
+def retrieval_ranks(
+    score_i2t: torch.Tensor, score_t2i: torch.Tensor, txt2img: torch.Tensor, positives: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based ranks ``(per image: its best caption, per text: its best image)`` (see
+    :func:`best_positive_rank`; arguments as :func:`recall_at_k`)."""
+    pos = positives_from_ids(txt2img, score_i2t.shape[0]) if positives is None else positives.bool()
+    return best_positive_rank(score_i2t, pos), best_positive_rank(score_t2i, pos.t())
 
 
 def recall_at_k(
@@ -48,8 +59,17 @@ def recall_at_k(
     ``score_i2t`` [N_img, N_txt], ``score_t2i`` [N_txt, N_img]; ``txt2img[j]`` = image of text j,
     or ``positives`` bool [N_img, N_txt] for a custom ground truth.
     """
-    pos = positives_from_ids(txt2img, score_i2t.shape[0]) if positives is None else positives.bool()
-    return _summary(best_positive_rank(score_i2t, pos), best_positive_rank(score_t2i, pos.t()))
+    return recall_summary(*retrieval_ranks(score_i2t, score_t2i, txt2img, positives))
+
+
+def rank_statistics(ranks: torch.Tensor) -> dict[str, float]:
+    """Median and mean of the 1-based ranks: ``mdR`` as ``salesforce/BLIP eval_retrieval_video.py``
+    computes it (``np.median(ranks + 1)``: the mean of the two middle ranks for an even count)
+    and ``mnR``. ``ranks``: 0-based, e.g. from :func:`retrieval_ranks`."""
+    if ranks.numel() == 0:
+        raise ValueError("rank_statistics needs at least one rank")
+    r = ranks.double() + 1
+    return {"mdR": float(torch.quantile(r, 0.5)), "mnR": float(r.mean())}  # quantile interpolates as np.median
 
 
 def _hit_probability(p: torch.Tensor, k: int) -> torch.Tensor:

@@ -54,11 +54,13 @@ def _pixel_batches(images: torch.Tensor | Iterable, batch_size: int) -> Iterable
 
 
 @torch.no_grad()
-def encode_for_retrieval(
-    model, images: torch.Tensor | Iterable, texts: Sequence[str], tokenizer=None,
-    max_length: int | None = None, text_batch_size: int = 256, image_batch_size: int = 64,
-) -> dict[str, Any]:  # fmt: skip
-    """Unimodal pass: image embeds/features and text ids/masks/states/features (on the model's device)."""
+def encode_texts(
+    model, texts: Sequence[str], tokenizer=None, max_length: int | None = None, text_batch_size: int = 256
+) -> dict[str, Any]:
+    """Unimodal text pass: ``family``, ``input_ids``, ``attention_mask``, ``text_feat`` (and for
+    ALBEF ``text_states``, which its fusion layers continue from), on the model's device. Shared
+    by image and video retrieval (``salesforce/BLIP eval_retrieval_video.py`` encodes text as
+    ``train_retrieval.py`` does)."""
     family = _family(model)
     if tokenizer is None:
         from blipx.tokenizer import tokenizer_for
@@ -76,17 +78,37 @@ def encode_for_retrieval(
         ids.append(i), masks.append(m), text_feat.append(model.text_features(h))
         if family == "albef":  # ALBEF's fusion layers continue from the text-only states
             states.append(h)
+    out = {"family": family, "input_ids": torch.cat(ids), "attention_mask": torch.cat(masks),
+           "text_feat": torch.cat(text_feat)}  # fmt: skip
+    if states:
+        out["text_states"] = torch.cat(states)
+    return out
+
+
+@torch.no_grad()
+def encode_for_retrieval(
+    model, images: torch.Tensor | Iterable, texts: Sequence[str], tokenizer=None,
+    max_length: int | None = None, text_batch_size: int = 256, image_batch_size: int = 64,
+) -> dict[str, Any]:  # fmt: skip
+    """Unimodal pass: image embeds/features and text ids/masks/states/features (on the model's device)."""
+    out = encode_texts(model, texts, tokenizer, max_length, text_batch_size)
+    param = next(model.parameters())
     image_embeds, image_feat = [], []
     for pv in _pixel_batches(images, image_batch_size):
         e = model.visual_encoder(pv.to(device=param.device, dtype=param.dtype))
         image_embeds.append(e), image_feat.append(model.image_features(e))
-    out = {
-        "family": family, "input_ids": torch.cat(ids), "attention_mask": torch.cat(masks),
-        "text_feat": torch.cat(text_feat), "image_embeds": torch.cat(image_embeds), "image_feat": torch.cat(image_feat),
-    }  # fmt: skip
-    if states:
-        out["text_states"] = torch.cat(states)
+    out.update(image_embeds=torch.cat(image_embeds), image_feat=torch.cat(image_feat))
     return out
+
+
+def _embeds_rows(enc: dict[str, Any], rows: torch.Tensor | slice, device: torch.device) -> torch.Tensor:
+    """``enc["image_embeds"][rows]`` on ``device``. The embeddings may live in host memory (video
+    retrieval keeps its [N, F*L, C] frame embeddings there, as ``eval_retrieval_video.py`` does):
+    then the row indices go to the host first (a copy of k indices per ITM batch, in evaluation)."""
+    emb = enc["image_embeds"]
+    if isinstance(rows, torch.Tensor):
+        rows = rows.to(emb.device)
+    return emb[rows].to(device, non_blocking=True)
 
 
 def _itm_match(model, enc: dict[str, Any], image_embeds: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
@@ -125,10 +147,10 @@ def rerank_with_itm(
             stop = min(rows.stop, start + per_chunk)
             topk_sim, topk_idx = s[start:stop].topk(k, dim=1)
             if name == "i2t":  # each image against its k texts (G = k texts per image)
-                itm = _itm_match(model, enc, enc["image_embeds"][start:stop], topk_idx.flatten())
+                itm = _itm_match(model, enc, _embeds_rows(enc, slice(start, stop), s.device), topk_idx.flatten())
             else:  # each text against its k images (G = 1)
                 texts = torch.arange(start, stop, device=s.device).repeat_interleave(k)
-                itm = _itm_match(model, enc, enc["image_embeds"][topk_idx.flatten()], texts)
+                itm = _itm_match(model, enc, _embeds_rows(enc, topk_idx.flatten(), s.device), texts)
             itm = itm.view(stop - start, k).float()
             score[start:stop].scatter_(1, topk_idx, itm + topk_sim.float() if scoring == "blip" else itm)
         out[name] = _all_reduce(score).cpu()

@@ -19,6 +19,8 @@ forward).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from blipx.layers.bert import BertLMHead
@@ -84,6 +86,34 @@ class CachedDecoder:
     def reorder_(self, rows: torch.Tensor) -> None:
         """Row i continues row ``rows[i]`` (beam reorder): one gather into the same storage."""
         self.cache.reorder_(rows)
+
+    def shape_key(self) -> tuple:
+        """What a captured decode step depends on: rows, images, cache and K/V shapes and dtypes,
+        whether an encoder mask is given."""
+        kv = tuple(None if x is None else (tuple(x[0].shape), x[0].dtype) for x in self.cross_kv)
+        mask = None if self.encoder_mask is None else (tuple(self.encoder_mask.shape), self.encoder_mask.dtype)
+        return (self.images, tuple(self.cache.kv.shape), self.cache.kv.dtype, str(self.cache.kv.device), kv, mask)
+
+    def load_(self, other: CachedDecoder) -> None:
+        """Copy ``other``'s state (same :meth:`shape_key`) into this decoder's own buffers: the
+        image K/V, the encoder mask, the self-attention cache and its position. A CUDA graph
+        captured on this decoder then replays ``other``'s decode."""
+        for mine, theirs in zip(self.cross_kv, other.cross_kv, strict=True):
+            if mine is not None:
+                mine[0].copy_(theirs[0])
+                mine[1].copy_(theirs[1])
+        if self.encoder_mask is not None:
+            self.encoder_mask.copy_(other.encoder_mask)
+        self.cache.kv.copy_(other.cache.kv)
+        self.cache.pos.copy_(other.cache.pos)
+
+    def keep_images(self, images: torch.Tensor) -> tuple[CachedDecoder, torch.Tensor]:
+        """:meth:`keep_images_` on a new decoder object, leaving this one untouched (a captured
+        CUDA graph may own its buffers). Returns (the new decoder, the kept rows)."""
+        new = copy.copy(self)
+        new.cache = copy.copy(self.cache)
+        new.cache.pos = self.cache.pos.clone()
+        return new, new.keep_images_(images)
 
     def keep_images_(self, images: torch.Tensor) -> torch.Tensor:
         """Drop every image not in ``images`` (int64 [B'], ascending local indices) with all of its

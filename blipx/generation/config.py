@@ -43,6 +43,8 @@ class GenerationSettings:
     return_dict: bool = False
     output_scores: bool = False
     compact: float = 0.5
+    cuda_graph: bool | None = None
+    check_every: int | None = None
 
     @property
     def rows_per_input(self) -> int:
@@ -131,6 +133,8 @@ def resolve(
     return_dict: bool = False,
     output_scores: bool = False,
     compact: float = 0.5,
+    cuda_graph: bool | None = None,
+    check_every: int | None = None,
 ) -> GenerationSettings:
     """HF's ``_prepare_generated_length`` plus the argument checks HF's GenerationConfig and
     logits processors make, and a few HF lacks (NaN / inf are refused everywhere,
@@ -146,6 +150,12 @@ def resolve(
     this fraction of the running images, drop them from the decoder (their rows stop costing
     compute; the results are unchanged). At compact <= 0.5, shapes shrink at most log2(B)
     times; 0 never compacts.
+
+    ``cuda_graph`` (blipx's own): capture the decode iteration in a CUDA graph and replay it
+    (None: on for CUDA, off on the CPU, decided by :func:`blipx.generation.generate`).
+    ``check_every`` (blipx's own): read "all finished" (one host sync) every this many steps
+    (None: 1 on the CPU, 4 on CUDA). The ids never depend on it: iterations after every row
+    finished change nothing, and compaction happens at these checks.
     """
     if max_new_tokens is not None:
         # max_new_tokens wins over max_length, as in HF
@@ -192,6 +202,9 @@ def resolve(
     if output_scores and not return_dict:
         raise ValueError("output_scores=True needs return_dict=True (the scores come back in the returned dict)")
     compact = _float("compact", compact, low=0.0, high=1.0)
+    if cuda_graph is not None and not isinstance(cuda_graph, bool):
+        raise ValueError(f"cuda_graph must be True, False or None, got {cuda_graph!r}")
+    check_every = None if check_every is None else _int("check_every", check_every, 1)
     return GenerationSettings(
         prompt_len=prompt_len,
         max_length=int(max_length),
@@ -212,4 +225,6 @@ def resolve(
         eos_token_id=int(eos_token_id),
         pad_token_id=int(pad_token_id),
         compact=0.0 if output_scores else compact,
+        cuda_graph=cuda_graph,
+        check_every=check_every,
     )

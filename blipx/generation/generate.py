@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from blipx import ops
+from blipx.generation import graphs as graphs_mod
 from blipx.generation.beam import beam_search
 from blipx.generation.cache import CachedDecoder
 from blipx.generation.config import GenerationSettings, resolve
@@ -75,12 +77,19 @@ def generate(
     ``kwargs``: ``num_beams, do_sample, temperature, top_k, top_p, repetition_penalty,
     length_penalty, min_length, min_new_tokens, max_length, max_new_tokens,
     num_return_sequences, early_stopping, no_repeat_ngram_size, bad_words_ids, return_dict,
-    output_scores`` with HF's meanings and defaults (top_k 50, 20 new tokens), checked by
+    output_scores`` with HF's meanings and defaults (top_k 50, 20 new tokens), and blipx's
+    ``compact``, ``cuda_graph`` and ``check_every``, checked by
     :func:`~blipx.generation.config.resolve`. eos / pad default to the decoder text config's
     ``sep_token_id`` ([SEP]) and ``pad_token_id`` ([PAD]).
 
     A batch of 0 returns [0, P] ids. Non-finite encoder states (NaN / inf pixels) raise
     ValueError, whatever the decoding mode.
+
+    The decode iterations (:mod:`blipx.generation.loop`) read no host value; ``cuda_graph``
+    (default: on for CUDA tensors, off on the CPU; True on the CPU is refused) captures one per
+    (batch, beams, max length, settings) in a CUDA graph and replays it, across calls too
+    (:mod:`blipx.generation.graphs`). "All finished" is read every ``check_every`` steps
+    (default 1 on the CPU, 4 on CUDA); the ids do not depend on it.
     """
     cfg = decoder.bert.config
     b, p = prompt_ids.shape
@@ -97,11 +106,23 @@ def generate(
     prompt_ids = prompt_ids.to(device=encoder_states.device, dtype=torch.long)
     if b == 0:
         return _empty(s, prompt_ids)
+    dev = encoder_states.device
+    on_cuda = graphs_mod.supported(dev)
+    if s.cuda_graph and not on_cuda:
+        raise ValueError(f"cuda_graph=True needs CUDA tensors, got encoder states on {dev} (pass cuda_graph=None "
+                         "or False on the CPU, where the same decode iteration runs without capture)")
     _check_finite(encoder_states)
-    processors = LogitsProcessors(s, cfg.vocab_size, encoder_states.device)
+    processors = LogitsProcessors(s, cfg.vocab_size, dev)
     rows = b * s.rows_per_input
     dec = CachedDecoder(decoder, encoder_states, rows, s.max_length, encoder_mask)
+    check_every = s.check_every or (4 if on_cuda else 1)
+    graphs = None
+    if s.cuda_graph if s.cuda_graph is not None else on_cuda:
+        # Everything a captured iteration depends on besides the run's shapes.
+        key = (s, generator is not None, graphs_mod.weights_key(decoder), ops.use_kernels(), ops.dispatch.mode())
+        graphs = graphs_mod.graphs_for(decoder, dev).bind(key, generator)
     if s.num_beams > 1:
-        return beam_search(dec, prompt_ids, s, processors)
+        return beam_search(dec, prompt_ids, s, processors, check_every=check_every, graphs=graphs)
     # Sampling with n return sequences: n rows per image, sharing its K/V (G = n).
-    return greedy_or_sample(dec, prompt_ids.repeat_interleave(s.rows_per_input, dim=0), s, processors, generator)
+    return greedy_or_sample(dec, prompt_ids.repeat_interleave(s.rows_per_input, dim=0), s, processors, generator,
+                            check_every=check_every, graphs=graphs)

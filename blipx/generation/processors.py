@@ -6,9 +6,10 @@ beam search (as HF). The sampling warpers (temperature, top-k, top-p) come after
 :func:`blipx.ops.sample_tokens` (or as scores in :func:`blipx.ops.reference.sample_tokens_scores_ref`).
 
 Every processor reads the whole preallocated sequence buffer [N, T_max] and the current length
-``cur`` (a Python int, or an int64 tensor on the device: the slots of the last tokens are
-gathered at ``cur - k + arange(k)`` and windows are masked against ``cur``, so nothing is sliced
-to a data-dependent length and a future device-side length needs no change here).
+``cur`` (an int64 [1] tensor on the device -- the decode loop passes the static KV cache's
+position -- or a Python int): the slots of the last tokens are gathered at ``cur - k +
+arange(k)``, windows are masked against ``cur`` and the min-length ban is a ``where`` on it, so
+nothing is sliced to a data-dependent length and no step reads a host value.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ def apply_repetition_penalty(scores: torch.Tensor, sequences: torch.Tensor, pena
     return torch.where(seen, penalized, scores)
 
 
-def ban_token_(scores: torch.Tensor, token_id: int) -> torch.Tensor:
-    """MinLengthLogitsProcessor's action: the token gets -inf (in place)."""
-    scores[:, token_id] = float("-inf")
+def ban_token_(scores: torch.Tensor, token_id: int, when: torch.Tensor | bool = True) -> torch.Tensor:
+    """MinLengthLogitsProcessor's action: the token gets -inf (in place) -- where ``when`` holds
+    (a bool, or a bool tensor on the device, e.g. ``cur < min_length``: no host read)."""
+    if isinstance(when, torch.Tensor):
+        scores[:, token_id] = torch.where(when, float("-inf"), scores[:, token_id])
+    elif when:
+        scores[:, token_id] = float("-inf")
     return scores
 
 
@@ -108,7 +113,7 @@ class LogitsProcessors:
         self.s = s
         self.bad_words = BadWords(s.bad_words_ids, vocab, device) if s.bad_words_ids else None
 
-    def __call__(self, scores: torch.Tensor, sequences: torch.Tensor, cur: int) -> torch.Tensor:
+    def __call__(self, scores: torch.Tensor, sequences: torch.Tensor, cur: torch.Tensor | int) -> torch.Tensor:
         s = self.s
         # Slots at and after cur (-1 in greedy's buffer, fill or stale ids in beam search's) must
         # not count as history: -1 is outside the vocabulary, so every processor ignores them.
@@ -119,6 +124,6 @@ class LogitsProcessors:
             scores = ban_repeated_ngrams(scores, sequences, cur, s.no_repeat_ngram_size)
         if self.bad_words is not None:
             scores = self.bad_words(scores, sequences, cur)
-        if cur < s.min_length:  # host-side counter, no sync
-            ban_token_(scores, s.eos_token_id)
+        if s.min_length > 0:  # cur may be a device tensor: compared on the device
+            ban_token_(scores, s.eos_token_id, cur < s.min_length)
         return scores

@@ -6,15 +6,27 @@ of an image share its K/V (projected once per layer and cached per image by the 
 ``BLIPX_USE_KERNELS=0`` or ``blipx.ops.set_use_kernels(False)`` selects the pure-PyTorch
 reference for debugging. Self-attention uses ``F.scaled_dot_product_attention`` with a boolean mask,
 optionally over a preallocated :class:`StaticKVCache` (incremental decoding).
+
+Grad-CAM (salesforce/ALBEF ``Grounding.py``, LAVIS ``compute_gradcam``) needs the attention
+probabilities of one cross-attention layer and their gradient, which the fused op never
+materialises. ``BertCrossAttention.save_attention = True`` (or :func:`saving_attention`) runs that
+layer through :func:`cross_attention_with_probs` -- the math of
+:func:`blipx.ops.reference.cross_attention_ref`, keeping the probabilities -- and records them
+with their gradient, as ``xbert.py``'s ``save_attention`` does; with the flag off (the default)
+the layer calls the fused op exactly as before, at the cost of one attribute check.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from blipx import ops
+from blipx.ops._checks import check_args
 
 
 def cross_attention(
@@ -31,6 +43,34 @@ def cross_attention(
     The output is a transposed view of a [B*G, Lq, H, D] buffer, so ``merge_heads`` is free.
     """
     return ops.cross_attention(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
+
+
+def cross_attention_with_probs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cross_attention` computed as its reference defines it
+    (:func:`blipx.ops.reference.cross_attention_ref`: fp32 softmax, fully masked rows -> 0),
+    returning ``(out [B*G, H, Lq, D], probs [B*G, H, Lq, Lk] fp32)``: one probability row per
+    query row, so Grad-CAM reads a beam's (or a text's) map directly. The same argument checks
+    as the op. Materialises [B*G, H, Lq, Lk] (and, for G > 1, K/V per query row): an inspection
+    path, not a fast one."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    check_args("cross_attention", q, k, v, key_padding_mask, scale)
+    b = k.shape[0]
+    g = q.shape[0] // b if b else 1
+    if g > 1:  # rows b*G .. b*G+G-1 read K/V row b
+        k, v = k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B*G, H, Lq, Lk]
+    if key_padding_mask is not None:
+        m = key_padding_mask.to(torch.bool)
+        m = m.repeat_interleave(g, dim=0) if g > 1 else m
+        scores = scores.masked_fill(m[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return torch.matmul(probs.to(v.dtype), v), probs
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -202,6 +242,13 @@ class BertCrossAttention(nn.Module):
 
     Attention-probability dropout is not applied here (the fused op has none); the output
     dropout is.
+
+    ``save_attention`` (default False): when True, every forward runs
+    :func:`cross_attention_with_probs` instead of the fused op (same outputs, to rounding) and
+    keeps ``attention_map`` (the probabilities [B*G, H, Lq, Lk], fp32, part of the autograd
+    graph) and, once a backward has run through them, ``attn_gradients`` (their gradient, same
+    shape): salesforce/ALBEF ``models/xbert.py``'s ``save_attention`` / ``get_attention_map`` /
+    ``get_attn_gradients``, which Grad-CAM reads (:mod:`blipx.models.gradcam`).
     """
 
     def __init__(self, hidden: int, kv_width: int, heads: int, eps: float, dropout: float) -> None:
@@ -209,6 +256,22 @@ class BertCrossAttention(nn.Module):
         self.heads = heads
         self.self = _QKV(hidden, kv_width)
         self.output = BertSelfOutput(hidden, eps, dropout)
+        self.save_attention = False
+        self.attention_map: torch.Tensor | None = None
+        self.attn_gradients: torch.Tensor | None = None
+
+    def _save_attn_gradients(self, grad: torch.Tensor) -> None:
+        self.attn_gradients = grad
+
+    def get_attention_map(self) -> torch.Tensor | None:
+        return self.attention_map
+
+    def get_attn_gradients(self) -> torch.Tensor | None:
+        return self.attn_gradients
+
+    def clear_saved_attention(self) -> None:
+        """Drop the recorded map and gradient (they hold the autograd graph alive)."""
+        self.attention_map = self.attn_gradients = None
 
     def project_kv(self, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, Lk, W] -> K, V [B, H, Lk, D]: computed once per image, shared by all its rows."""
@@ -223,5 +286,27 @@ class BertCrossAttention(nn.Module):
         key_padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         q = split_heads(self.self.query(x), self.heads)
-        out = cross_attention(q, kv[0], kv[1], key_padding_mask=key_padding_mask)
+        if self.save_attention:
+            out, probs = cross_attention_with_probs(q, kv[0], kv[1], key_padding_mask=key_padding_mask)
+            self.attention_map, self.attn_gradients = probs, None
+            if probs.requires_grad:
+                probs.register_hook(self._save_attn_gradients)
+        else:
+            out = cross_attention(q, kv[0], kv[1], key_padding_mask=key_padding_mask)
         return self.output(merge_heads(out), x)
+
+
+@contextlib.contextmanager
+def saving_attention(*modules: BertCrossAttention, clear: bool = True) -> Iterator[None]:
+    """Turn ``save_attention`` on for ``modules`` inside the block, then restore each one's
+    previous setting (and, with ``clear``, drop what was recorded)."""
+    before = [m.save_attention for m in modules]
+    for m in modules:
+        m.save_attention = True
+    try:
+        yield
+    finally:
+        for m, flag in zip(modules, before):
+            m.save_attention = flag
+            if clear:
+                m.clear_saved_attention()

@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from blipx.models.albef import AlbefPretrainer, AlbefRetriever
+from blipx.models.albef_nlvr import AlbefNlvr, AlbefNlvrPretrainer
 from blipx.models.albef_vqa import AlbefVqa
 from blipx.models.base import BlipxModel, Checkpoint, read_checkpoint
+from blipx.models.blip_nlvr import BlipNlvr
 from blipx.models.blip import BlipCaptioner, BlipPretrainer, BlipRetriever, with_first_token
 from blipx.models.blip_vqa import BlipVqa, RankOutput, VqaOutput
 from blipx.models.config import ModelConfig, get_config, list_models
 from blipx.models.init import init_weights_
 from blipx.models.outputs import CaptionerOutput, MomentumOutput, PretrainOutput, RetrieverOutput
+from blipx.models.ve import AlbefVe, BlipVe, VeOutput
 
 # (family, task) -> model class; "pretrain" is the default task (the superset of weights).
 MODEL_CLASSES: dict[tuple[str, str], type[BlipxModel]] = {
@@ -22,6 +25,11 @@ MODEL_CLASSES: dict[tuple[str, str], type[BlipxModel]] = {
     ("albef", "pretrain"): AlbefPretrainer,
     ("albef", "retriever"): AlbefRetriever,
     ("albef", "vqa"): AlbefVqa,
+    ("blip", "nlvr"): BlipNlvr,
+    ("albef", "nlvr"): AlbefNlvr,
+    ("albef", "nlvr_pretrain"): AlbefNlvrPretrainer,
+    ("albef", "ve"): AlbefVe,
+    ("blip", "ve"): BlipVe,
 }
 
 
@@ -69,12 +77,17 @@ def create_model(name: str, task: str = "pretrain", **overrides: Any) -> BlipxMo
 
 
 __all__ = [
+    "AlbefNlvr",
+    "AlbefNlvrPretrainer",
     "AlbefPretrainer",
     "AlbefRetriever",
+    "AlbefVe",
     "AlbefVqa",
     "BlipCaptioner",
+    "BlipNlvr",
     "BlipPretrainer",
     "BlipRetriever",
+    "BlipVe",
     "BlipVqa",
     "BlipxModel",
     "Checkpoint",
@@ -84,6 +97,7 @@ __all__ = [
     "PretrainOutput",
     "RankOutput",
     "RetrieverOutput",
+    "VeOutput",
     "VqaOutput",
     "create_model",
     "from_pretrained",

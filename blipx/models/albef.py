@@ -36,6 +36,7 @@ class _AlbefBase(ContrastiveHeadsMixin, BlipxModel):
 
     def itm_logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, attention_mask=None) -> torch.Tensor:
         """ITM logits [B*G, 2] from unimodal text states (index 1 = match)."""
+        self.require_itm()
         return self.itm_head(self.fuse(text_embeds, attention_mask, image_embeds)[:, 0])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,7 +15,7 @@ from torch import nn
 
 from blipx.models.config import ModelConfig, get_config
 from blipx.models.layouts import hf, official
-from blipx.weights.io import CheckpointError, read_state_dict, write_json, write_safetensors
+from blipx.weights.io import CheckpointError, atomic_write, read_state_dict, write_json, write_safetensors
 from blipx.weights.loading import LoadReport, alias_groups, canonical_state_dict, load_into_model
 
 CONFIG_NAME = "config.json"
@@ -109,7 +110,7 @@ def read_checkpoint(path: str | os.PathLike, config: str | ModelConfig | None = 
             config = hf.config_from_hf(meta)
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise CheckpointError(f"{p / CONFIG_NAME}: not a valid HF BLIP config ({type(e).__name__}: {e})") from e
-        return Checkpoint(p, "hf", hf.state_dict_from_hf(_read_dir_weights(p)), config, arch)
+        return Checkpoint(p, "hf", hf.state_dict_from_hf(_read_dir_weights(p), arch), config, arch)
     raise CheckpointError(f"{p / CONFIG_NAME} is neither a blipx nor an HF BLIP config")
 
 
@@ -170,13 +171,45 @@ class BlipxModel(nn.Module):
         # Queues etc. found in an official checkpoint: training state for the trainer to adopt.
         self.checkpoint_extras: dict[str, torch.Tensor] = {}
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (tied tensors stored once), atomically."""
+    def save_pretrained(self, save_directory: str | os.PathLike, format: str = FORMAT_TAG) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (tied tensors stored once), each file atomically.
+
+        ``format="blipx"`` (default): blipx's folder, which every model can write and
+        :meth:`from_pretrained` reads back exactly. ``format="hf"``: a folder that transformers'
+        ``BlipForConditionalGeneration`` (BlipCaptioner), ``BlipForImageTextRetrieval``
+        (BlipRetriever; ``BlipModel`` for an ITC-only one) or ``BlipForQuestionAnswering`` (BlipVqa)
+        loads with no missing or unexpected keys, plus the tokenizer and processor files of
+        ``BlipProcessor`` (when transformers is installed; a warning says when they cannot be
+        written). HF has no place for the momentum copies ``*_m`` nor, in
+        BlipForImageTextRetrieval, the ITC temperature ``temp``: they are not written (a re-import
+        keeps ``temp`` at 0.07 and lists it in ``load_report.kept_init``). Other models raise
+        ValueError naming what can be exported.
+        """
+        if format == "hf":
+            return self._save_hf(Path(save_directory))
+        if format != FORMAT_TAG:
+            raise ValueError(f"format must be {FORMAT_TAG!r} or 'hf', got {format!r}")
         d = Path(save_directory)
         d.mkdir(parents=True, exist_ok=True)
         write_safetensors(d / WEIGHTS_NAME, canonical_state_dict(self), metadata={"format": "pt"})
         write_json(d / CONFIG_NAME, {"format": FORMAT_TAG, "architecture": type(self).__name__,
                                      "config": self.config.to_dict()})
+
+    def _save_hf(self, d: Path) -> None:
+        arch = hf.export_architecture(type(self).__name__, self.config)  # ValueError before any write
+        config = hf.config_to_hf(self.config, arch)
+        sd = hf.state_dict_to_hf(canonical_state_dict(self), arch)
+        try:
+            extra = hf.processor_files(self.config)
+        except (ImportError, ValueError) as e:
+            warnings.warn(f"{d}: tokenizer/processor files not written ({e}); only the weights and config are",
+                          RuntimeWarning, stacklevel=3)
+            extra = {}
+        d.mkdir(parents=True, exist_ok=True)
+        for name, data in extra.items():
+            atomic_write(d / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        write_safetensors(d / WEIGHTS_NAME, sd, metadata={"format": "pt"})
+        write_json(d / CONFIG_NAME, config)  # last: a folder with its config.json is complete
 
     @classmethod
     def from_pretrained(
@@ -237,6 +270,8 @@ class BlipxModel(nn.Module):
         if init_momentum:
             model.copy_momentum_from_online()
         model.checkpoint_extras = ckpt.queues
+        if ckpt.format == "hf":
+            model.load_report.notes.extend(hf.load_notes(ckpt.architecture))
         return model.eval()
 
     @property

@@ -109,6 +109,8 @@ class BlipCaptioner(BlipxModel):
         output_scores: bool = False,
         generator: torch.Generator | None = None,
         compact: float = 0.5,
+        cuda_graph: bool | None = None,
+        check_every: int | None = None,
     ) -> torch.Tensor | GenerateOutput:
         """Caption ids [B * num_return_sequences, P + new], as HF
         ``BlipForConditionalGeneration.generate`` returns them: prefix ([DEC] + prompt)
@@ -125,6 +127,9 @@ class BlipCaptioner(BlipxModel):
         ``prompt``: see :func:`decoder_prompt`. The image K/V is projected once per image and
         shared by all beams / return sequences (see :mod:`blipx.generation`). ``compact``: once
         finished images leave at most this fraction running, they leave the decoder (0 = never).
+        ``cuda_graph``: capture each decode iteration as a CUDA graph and replay it (None: on for
+        CUDA, off on the CPU); ``check_every``: read "all finished" every this many steps (None:
+        1 on the CPU, 4 on CUDA). Neither changes the ids.
 
         ``pixel_values``: normalised float [B, 3, S, S] (uint8 images are refused: use
         :meth:`caption` or :func:`blipx.data.image_processor`). B = 0 gives [0, P] ids;
@@ -141,7 +146,8 @@ class BlipCaptioner(BlipxModel):
             length_penalty=length_penalty, min_length=min_length, max_length=max_length,
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_return_sequences=num_return_sequences,
             early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
-            return_dict=return_dict, output_scores=output_scores, compact=compact,
+            return_dict=return_dict, output_scores=output_scores, compact=compact, cuda_graph=cuda_graph,
+            check_every=check_every,
         )
 
     def caption(self, images: Any, prompt: str | torch.Tensor | list | None = None, **kw) -> list[str]:
@@ -166,6 +172,9 @@ class BlipRetriever(ContrastiveHeadsMixin, BlipxModel):
 
     Like HF, the caller's first token is used as is; the official retrieval code puts [ENC]
     (``config.text.enc_token_id``) there for ITM — use :func:`with_first_token` for that.
+
+    Loaded from an HF ``BlipModel`` folder it is ITC only (``config.itm_head=False``,
+    ``config.itc_pooling="hf_blip_model"``): ITM calls raise, ``load_report.notes`` says so.
     """
 
     family = "blip"
@@ -182,6 +191,7 @@ class BlipRetriever(ContrastiveHeadsMixin, BlipxModel):
 
     def itm_logits(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
         """[B*G, 2] for text rows b*G..b*G+G-1 against image b (G texts per image)."""
+        self.require_itm()
         h = self.text_encoder(input_ids, attention_mask, encoder_hidden_states=image_embeds).last_hidden_state
         return self.itm_head(h[:, 0])
 
@@ -240,6 +250,7 @@ class BlipPretrainer(ContrastiveHeadsMixin, BlipxModel):
 
     def itm_logits(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
         """Image-grounded encoder on [ENC]-prefixed ids -> ITM logits [B*G, 2]."""
+        self.require_itm()
         ids = with_first_token(input_ids, self.config.text.enc_token_id)
         h = self.text_encoder(ids, attention_mask, encoder_hidden_states=image_embeds).last_hidden_state
         return self.itm_head(h[:, 0])

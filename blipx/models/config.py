@@ -21,6 +21,12 @@ class ModelConfig:
     and ViT). Narrow models trained from scratch need more: at width 96, 0.02 leaves attention
     uniform and the ViT [CLS] feature nearly image-independent, and ITC first collapses every
     feature to one point (measured: blip_mini escapes after ~100 steps at 0.02, ~20 at 0.1).
+    ``itm_head``: False for a retriever without an ITM head (HF ``BlipModel`` folders are ITC
+    only); every ITM call then raises instead of scoring with an untrained head.
+    ``itc_pooling``: what the ITC projections read. "cls": the [CLS] states (official ALBEF/BLIP,
+    HF ``BlipForImageTextRetrieval``); "hf_blip_model": HF ``BlipModel``'s ``get_image_features`` /
+    ``get_text_features`` (the ViT [CLS] through ``post_layernorm`` once more, the text [CLS]
+    through a tanh pooler, bias-free projections).
     """
 
     family: str = "blip"
@@ -29,6 +35,8 @@ class ModelConfig:
     embed_dim: int = 256
     momentum: bool = False
     initializer_range: float = 0.02
+    itm_head: bool = True
+    itc_pooling: str = "cls"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -129,7 +129,7 @@ def beam_search_step(
     sequences: torch.Tensor,
     num_beams: int,
     *,
-    cur_len: int | None = None,
+    cur_len: torch.Tensor | int | None = None,
     eos_token_id: int | None = None,
     min_length: int = 0,
     repetition_penalty: float = 1.0,
@@ -139,29 +139,35 @@ def beam_search_step(
     logits [B*K, V] (fp32/fp16/bf16; rows b*K .. b*K+K-1 are batch row b's K beams);
     beam_scores fp32 [B*K] running scores; sequences int64 [B*K, T], of which the first
     ``cur_len`` columns (default T; a preallocated buffer works) are the tokens so far, prompt
-    included. As HF's beam search: log_softmax in fp32, repetition penalty on each distinct
+    included. ``cur_len`` is read by the kernel on the device: pass an int64 tensor of one
+    element on the logits' device (a decode loop's position, e.g. ``StaticKVCache.pos``), so no
+    step needs a host value and one captured CUDA graph serves every step. A Python int is
+    accepted for convenience and copied to the device (on a GPU, a host-to-device copy per call).
+    On the CPU the value must lie in [0, T]; on a GPU it is not read on the host and is clamped.
+    As HF's beam search: log_softmax in fp32, repetition penalty on each distinct
     token of sequences[:, :cur_len] (ids outside [0, V) ignored), ``eos_token_id`` (None: no
     EOS) banned while cur_len < min_length, plus the running score, then the top 2K of each batch
     row's K*V candidates in descending order (ties to the lower beam, then token). Never builds
     the [B, K*V] matrix; no host sync. source_beams are in [0, K) (HF's ``idx // V``).
     Reference: :func:`blipx.ops.reference.beam_search_step_ref`.
     """
-    cur_len = sequences.shape[1] if cur_len is None else int(cur_len)
+    cur = reference.length_tensor(cur_len, logits.device)
     eos = -1 if eos_token_id is None else int(eos_token_id)
     with torch.no_grad():
         if kernel_for("beam_search_step", logits.device):
             return torch.ops.blipx.beam_search_step.default(
-                logits, beam_scores, sequences, int(num_beams), cur_len, eos, int(min_length), float(repetition_penalty)
+                logits, beam_scores, sequences, int(num_beams), cur, eos, int(min_length), float(repetition_penalty)
             )
         return reference.beam_search_step_ref(
-            logits, beam_scores, sequences, num_beams, cur_len, eos, min_length, repetition_penalty
+            logits, beam_scores, sequences, num_beams, cur, eos, min_length, repetition_penalty
         )
 
 
 # --- fused cross-attention ----------------------------------------------------------------------
 from blipx.ops import _autograd  # noqa: E402,F401  (autograd formula of cross_attention_fwd)
+from blipx.ops import dispatch  # noqa: E402
 
-__all__ += ["cross_attention"]
+__all__ += ["cross_attention", "dispatch"]
 
 
 def cross_attention(
@@ -171,18 +177,20 @@ def cross_attention(
     key_padding_mask: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Fused text-to-image attention: ``softmax(q k^T * scale) v`` -> [B*G, H, Lq, D].
+    """Text-to-image attention: ``softmax(q k^T * scale) v`` -> [B*G, H, Lq, D].
 
     q [B*G, H, Lq, D]; k, v [B, H, Lk, D] (one dtype: fp32, fp16, bf16; fp64 on the CPU). Query
     rows ``b*G .. b*G+G-1`` (beams / return sequences of image b; G = 1 in training) attend to
     K/V row b, so image K/V are never repeated. key_padding_mask: bool [B, Lk], True = ignore;
-    a query whose keys are all masked gets zeros. scale defaults to ``D ** -0.5``. Any strides
-    with a unit-stride last dim run copy-free; the output is a transposed view of a
-    [B*G, Lq, H, D] buffer, so merging heads needs no copy. Differentiable in q, k and v (dk/dv
-    summed over the G groups); the softmax runs in fp32 (online, never materialising the
-    [Lq, Lk] matrix). Reference (the spec): :func:`blipx.ops.reference.cross_attention_ref`.
+    a query whose keys are all masked gets zeros. scale defaults to ``D ** -0.5``.
+    Differentiable in q, k and v (dk/dv summed over the G groups); the softmax runs in fp32.
+
+    The backend is chosen per (device, dtype, head dim, shape bucket, grad or not) by
+    :mod:`blipx.ops.dispatch`: blipx's fused kernel (blocked online softmax, never
+    materialising [Lq, Lk]; its output is a transposed view of a [B*G, Lq, H, D] buffer, so
+    merging heads needs no copy), its tensor-core kernel where built, or SDPA with the G groups
+    folded into the query length -- whichever was fastest when first timed on this device
+    (``BLIPX_CROSS_ATTENTION=blipx|sdpa|auto`` forces one). Results agree to rounding whichever
+    runs. Reference (the spec): :func:`blipx.ops.reference.cross_attention_ref`.
     """
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if kernel_for("cross_attention_fwd", q.device):
-        return torch.ops.blipx.cross_attention_fwd.default(q, k, v, key_padding_mask, scale)[0]
-    return reference.cross_attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
+    return dispatch.cross_attention(q, k, v, key_padding_mask, scale)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from blipx.ops._fake import _exists
+from blipx.ops._fake import CROSS_ATTENTION_OPS, _exists
 
 
-if _exists("cross_attention_fwd") and _exists("cross_attention_bwd"):
+def _register_cross_attention(fwd: str, bwd: str) -> None:
+    """The backward of one cross-attention forward op (the FMA kernels', or the tensor-core
+    kernels' of the same schema) is its own backward op."""
+    bwd_op = getattr(torch.ops.blipx, bwd).default
 
-    def _cross_attention_setup(ctx, inputs, output):
+    def setup(ctx, inputs, output):
         q, k, v, key_padding_mask, scale = inputs
         out, lse = output
         # The mask (bool, never differentiable, possibly None) is saved like the tensors so that
@@ -20,16 +23,20 @@ if _exists("cross_attention_fwd") and _exists("cross_attention_bwd"):
         # lse is an auxiliary output for the backward; no gradient flows through it.
         ctx.mark_non_differentiable(lse)
 
-    def _cross_attention_backward(ctx, dout, dlse):
+    def backward(ctx, dout, dlse):
         q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
         if dout is None:  # only lse was used downstream
             dout = torch.zeros_like(out)
         # dk/dv come back summed over the G query rows that share each K/V row.
-        dq, dk, dv = torch.ops.blipx.cross_attention_bwd.default(
-            dout, q, k, v, key_padding_mask, out, lse, ctx.scale
-        )
+        dq, dk, dv = bwd_op(dout, q, k, v, key_padding_mask, out, lse, ctx.scale)
         return dq, dk, dv, None, None
 
-    torch.library.register_autograd(
-        "blipx::cross_attention_fwd", _cross_attention_backward, setup_context=_cross_attention_setup
-    )
+    torch.library.register_autograd(f"blipx::{fwd}", backward, setup_context=setup)
+
+
+for _fwd, _bwd in CROSS_ATTENTION_OPS:
+    # The tensor-core forward returns what cross_attention_fwd returns (out, lse), so without a
+    # backward of its own the FMA backward is its gradient.
+    _bwd = _bwd if _exists(_bwd) else "cross_attention_bwd"
+    if _exists(_fwd) and _exists(_bwd):
+        _register_cross_attention(_fwd, _bwd)

@@ -21,7 +21,10 @@ _warned: set[tuple[str, str]] = set()
 
 # Every op blipx declares in csrc/registry.cpp, in one list for `blipx info` and the tests.
 OP_NAMES = ("momentum_update_", "enqueue_", "sample_hard_negatives", "sample_tokens", "beam_search_step")
-OP_NAMES += ("cross_attention_fwd", "cross_attention_bwd")
+OP_NAMES += ("cross_attention_fwd", "cross_attention_bwd", "cross_attention_mma_fwd", "cross_attention_mma_bwd")
+# Ops with device kernels only (no CPU kernel, no reference of their own): the tensor-core
+# kernels, whose reference is cross_attention_fwd/_bwd's (blipx.ops.dispatch chooses between them).
+CUDA_ONLY_OPS = frozenset({"cross_attention_mma_fwd", "cross_attention_mma_bwd"})
 
 
 def use_kernels() -> bool:

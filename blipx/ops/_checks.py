@@ -16,7 +16,7 @@ from blipx import _native
 _CHECKS = {
     name: getattr(torch.ops.blipx, f"_check_{name}").default
     for name in ("momentum_update", "enqueue", "sample_hard_negatives", "sample_tokens", "beam_search_step",
-                 "cross_attention", "cross_attention_bwd")
+                 "cross_attention", "cross_attention_bwd", "cross_attention_mma")
     if _native._C is not None and hasattr(torch.ops.blipx, f"_check_{name}")
 }
 

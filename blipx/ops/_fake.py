@@ -74,22 +74,35 @@ def _bhld(like: torch.Tensor, n0, h, length, d, dtype=None) -> torch.Tensor:
     return like.new_empty((n0, length, h, d), dtype=dtype).transpose(1, 2)
 
 
-if _exists("cross_attention_fwd"):
-
-    @torch.library.register_fake("blipx::cross_attention_fwd")
-    def _cross_attention_fwd_fake(q, k, v, key_padding_mask, scale):
-        check_args("cross_attention", q, k, v, key_padding_mask, scale)
-        torch._check(q.dim() == 4 and k.dim() == 4, lambda: "blipx.cross_attention: q and k must be 4-D")
-        bg, h, lq, d = q.shape
-        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        return _bhld(q, bg, h, lq, d), q.new_empty((bg, h, lq), dtype=lse_dtype)
+# (forward, backward) op pairs with cross_attention_fwd/_bwd's schemas: the FMA kernels and the
+# tensor-core kernels (present only in builds that have them).
+CROSS_ATTENTION_OPS = (("cross_attention_fwd", "cross_attention_bwd"),
+                       ("cross_attention_mma_fwd", "cross_attention_mma_bwd"))
 
 
-if _exists("cross_attention_bwd"):
+def _cross_attention_fwd_fake(q, k, v, key_padding_mask, scale):
+    check_args("cross_attention", q, k, v, key_padding_mask, scale)
+    torch._check(q.dim() == 4 and k.dim() == 4, lambda: "blipx.cross_attention: q and k must be 4-D")
+    bg, h, lq, d = q.shape
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return _bhld(q, bg, h, lq, d), q.new_empty((bg, h, lq), dtype=lse_dtype)
 
-    @torch.library.register_fake("blipx::cross_attention_bwd")
-    def _cross_attention_bwd_fake(dout, q, k, v, key_padding_mask, out, lse, scale):
-        check_args("cross_attention_bwd", dout, q, k, v, key_padding_mask, out, lse, scale)
-        bg, h, lq, d = q.shape
-        b, lk = k.shape[0], k.shape[2]
-        return _bhld(q, bg, h, lq, d), _bhld(k, b, h, lk, d), _bhld(v, b, h, lk, d)
+
+def _cross_attention_mma_fwd_fake(q, k, v, key_padding_mask, scale):
+    check_args("cross_attention_mma", q, k, v, key_padding_mask, scale)  # + bf16 / fp16 only
+    return _cross_attention_fwd_fake(q, k, v, key_padding_mask, scale)
+
+
+def _cross_attention_bwd_fake(dout, q, k, v, key_padding_mask, out, lse, scale):
+    check_args("cross_attention_bwd", dout, q, k, v, key_padding_mask, out, lse, scale)
+    bg, h, lq, d = q.shape
+    b, lk = k.shape[0], k.shape[2]
+    return _bhld(q, bg, h, lq, d), _bhld(k, b, h, lk, d), _bhld(v, b, h, lk, d)
+
+
+for _fwd, _bwd in CROSS_ATTENTION_OPS:
+    if _exists(_fwd):
+        _fake_fwd = _cross_attention_mma_fwd_fake if _fwd == "cross_attention_mma_fwd" else _cross_attention_fwd_fake
+        torch.library.register_fake(f"blipx::{_fwd}")(_fake_fwd)
+    if _exists(_bwd):
+        torch.library.register_fake(f"blipx::{_bwd}")(_cross_attention_bwd_fake)

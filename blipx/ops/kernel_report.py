@@ -155,6 +155,31 @@ def _cache_flag(args: tuple[str, ...]) -> bool:
     return len(args) > 1 and args[1] == "true"
 
 
+def mma_fwd_smem(head_dim: int, row_warps: int) -> int:
+    """Dynamic shared memory of cross_attn_mma_fwd_kernel<T, kD, kWm> (MmaFwdConfig in
+    blipx/cross_attention_mma.cuh): the Q tile, double-buffered K and V tiles and key biases, or
+    the fp32 epilogue that reuses them, whichever is larger."""
+    kd, kwm = head_dim, row_warps
+    kwn = 4 // kwm
+    base = 64 if kd <= 64 else 32
+    keys_per_warp = max(16, base // kwn)
+    block_n, block_m, ld = keys_per_warp * kwn, 16 * kwm, kd + 8
+    ld_acc = kd + ((8 - kd % 32) + 32) % 32
+    main = block_m * ld * 2 + 4 * block_n * ld * 2 + 2 * block_n * 4
+    epilogue = kwn * block_m * (ld_acc + 2) * 4
+    return max(main, epilogue)
+
+
+def mma_bwd_smem(head_dim: int, kernel: str) -> int:
+    """Dynamic shared memory of the tensor-core backward kernels (MmaBwdConfig<kD>): the dq
+    kernel's Q and dO tiles of 64 rows, double-buffered K/V tiles of 32 keys, key biases and row
+    stats; the dk/dv kernel's K and V of 64 keys, double-buffered Q/dO tiles of 32 rows, row stats."""
+    row = (head_dim + 8) * 2
+    if kernel == "dq":
+        return 2 * 64 * row + 4 * 32 * row + 2 * 32 * 4 + 2 * 64 * 4
+    return 2 * 64 * row + 4 * 32 * row + 4 * 32 * 4
+
+
 LAUNCHES: dict[str, Launch] = {
     "momentum_update_kernel": Launch(256, "kEmaThreads"),
     "enqueue_rows_kernel": Launch(256, "enqueue_launch: threads = 256"),
@@ -163,6 +188,19 @@ LAUNCHES: dict[str, Launch] = {
     "cross_attn_fwd_small_kernel": Launch(256, "kAttnThreads"),
     "cross_attn_bwd_dq_kernel": Launch(256, "kAttnThreads"),
     "cross_attn_bwd_dkdv_kernel": Launch(256, "kAttnThreads"),
+    "cross_attn_mma_fwd_kernel": Launch(
+        128,
+        "kMmaThreads; dyn smem: MmaFwdConfig<kD, kWm>::kSmemBytes",
+        lambda a: mma_fwd_smem(int(a[1]), int(a[2])),
+        smem_opt_in=True,
+    ),
+    "cross_attn_mma_bwd_dq_kernel": Launch(
+        128, "kMmaThreads; dyn smem: MmaBwdConfig<kD>::kDqSmem", lambda a: mma_bwd_smem(int(a[1]), "dq"), smem_opt_in=True
+    ),
+    "cross_attn_mma_bwd_dkdv_kernel": Launch(
+        128, "kMmaThreads; dyn smem: MmaBwdConfig<kD>::kKvSmem", lambda a: mma_bwd_smem(int(a[1]), "dkdv"),
+        smem_opt_in=True,
+    ),
     "beam_step_stage1_kernel": Launch(
         1024,
         f"beam_step_threads(V={DESIGN_VOCAB}); dyn smem: token bitmask (+ V floats when kCache)",
@@ -355,6 +393,8 @@ class SassFacts:
     local_ops: int  # LDL + STL
     mma: int  # HMMA / HGMMA (and the integer/fp8 variants)
     instructions: int
+    ldsm: int = 0  # LDSM: ldmatrix
+    ldgsts: int = 0  # LDGSTS: cp.async global -> shared
 
     def brief(self) -> str:
         def widths(c: Counter) -> str:
@@ -365,6 +405,10 @@ class SassFacts:
             s += f"; ldl/stl {self.local_ops}"
         if self.mma:
             s += f"; mma {self.mma}"
+        if self.ldsm:
+            s += f"; ldmatrix {self.ldsm}"
+        if self.ldgsts:
+            s += f"; cp.async {self.ldgsts}"
         return s
 
 
@@ -405,6 +449,10 @@ def parse_sass(text: str) -> dict[str, SassFacts]:
             cur.local_ops += 1
         elif op in _MMA_OPS:
             cur.mma += 1
+        elif op == "LDSM":
+            cur.ldsm += 1
+        elif op == "LDGSTS":
+            cur.ldgsts += 1
     return out
 
 

@@ -215,12 +215,21 @@ def sample_tokens_ref(
     return torch.where(valid, drawn, torch.full_like(drawn, -1))
 
 
+def length_tensor(cur_len, device: torch.device) -> torch.Tensor | None:
+    """beam_search_step's ``cur_len`` as the op takes it: None (all columns) or an int64 tensor of
+    one element. A tensor passes through untouched (it is checked by the op); a Python int
+    becomes a new tensor on ``device`` (on a GPU, one host-to-device copy)."""
+    if cur_len is None or isinstance(cur_len, torch.Tensor):
+        return cur_len
+    return torch.tensor([int(cur_len)], dtype=torch.long, device=device)
+
+
 def beam_search_step_ref(
     logits: torch.Tensor,
     beam_scores: torch.Tensor,
     sequences: torch.Tensor,
     num_beams: int,
-    cur_len: int | None = None,
+    cur_len: torch.Tensor | int | None = None,
     eos_token_id: int | None = None,
     min_length: int = 0,
     repetition_penalty: float = 1.0,
@@ -229,29 +238,36 @@ def beam_search_step_ref(
 
     logits: [B*K, V] (rows b*K .. b*K+K-1 are the K beams of batch row b); beam_scores: fp32
     [B*K] running scores; sequences: int64 [B*K, T], of which the first ``cur_len`` columns
-    (default T) are the tokens so far, prompt included. Steps: ``log_softmax`` in fp32; the
+    (default T) are the tokens so far, prompt included; ``cur_len`` an int64 tensor of one
+    element on logits' device (never read on the host: the length masks the columns and the
+    EOS ban as tensor ops; a value outside [0, T] acts clamped, as in the CUDA kernel) or a
+    Python int. Steps: ``log_softmax`` in fp32; the
     repetition penalty on every distinct token of ``sequences[:, :cur_len]`` (multiply negative,
     divide positive scores; ids outside [0, V) are ignored); EOS set to -inf while
     ``cur_len < min_length``; add beam_scores; view [B, K*V]; ``topk(2K)``. Returns
     (scores fp32 [B, 2K] descending, tokens int64 [B, 2K], source beams int64 [B, 2K] in [0, K)).
     """
-    cur_len = sequences.shape[1] if cur_len is None else int(cur_len)
+    cur = length_tensor(cur_len, logits.device)
     eos = -1 if eos_token_id is None else int(eos_token_id)
-    check_args("beam_search_step", logits, beam_scores, sequences, int(num_beams), cur_len, eos, int(min_length),
+    check_args("beam_search_step", logits, beam_scores, sequences, int(num_beams), cur, eos, int(min_length),
                float(repetition_penalty))
     bk, v = logits.shape
     k = int(num_beams)
     b = bk // k
+    t = sequences.shape[1]
     lp = torch.log_softmax(logits.float(), dim=-1)
-    if repetition_penalty != 1.0 and cur_len > 0:
-        seq = sequences[:, :cur_len]
+    if repetition_penalty != 1.0 and t > 0:
+        seq = sequences
+        if cur is not None:  # slots at and after cur_len are not history
+            seq = torch.where(torch.arange(t, device=seq.device) < cur, seq, -1)
         ok = (seq >= 0) & (seq < v)
         mark = torch.zeros(bk, v + 1, dtype=torch.bool, device=lp.device)
         mark.scatter_(1, torch.where(ok, seq, v), True)
         penalized = torch.where(lp < 0, lp * repetition_penalty, lp / repetition_penalty)
         lp = torch.where(mark[:, :v], penalized, lp)
-    if eos >= 0 and cur_len < min_length:
-        lp[:, eos] = float("-inf")
+    if eos >= 0:
+        length = torch.full((1,), t, device=lp.device) if cur is None else cur.clamp(0, t)
+        lp[:, eos] = torch.where(length < min_length, float("-inf"), lp[:, eos])
     acc = (lp + beam_scores.float()[:, None]).view(b, k * v)
     scores, idx = acc.topk(2 * k, dim=1)
     return scores, idx % v, torch.div(idx, v, rounding_mode="floor")

@@ -29,6 +29,13 @@ TASKS = {
     "albef_retrieval": ("albef", "retriever"),
     "blip_vqa": ("blip", "vqa"),
     "albef_vqa": ("albef", "vqa"),
+    "blip_nlvr": ("blip", "nlvr"),
+    "albef_nlvr": ("albef", "nlvr"),
+    "albef_nlvr_pretrain": ("albef", "nlvr_pretrain"),
+    "albef_ve": ("albef", "ve"),
+    "blip_ve": ("blip", "ve"),
+    "albef_grounding": ("albef", "retriever"),
+    "blip_grounding": ("blip", "retriever"),
 }
 AMP = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "step")

@@ -16,8 +16,10 @@ def build_model(cfg: TrainConfig):
     from blipx.models import MODEL_CLASSES, create_model
 
     family, model_task = TASKS[cfg.task]  # a known task: TrainConfig checked it
-    # Retrieval and ALBEF VQA distil from momentum copies (salesforce/ALBEF model_vqa.py).
-    extra = {"momentum": True} if model_task == "retriever" or cfg.task == "albef_vqa" else {}
+    # Retrieval, ALBEF VQA, VE and NLVR distil from momentum copies (salesforce/ALBEF model_vqa.py,
+    # model_ve.py, model_nlvr.py with distill: True).
+    extra = {"momentum": True} if model_task == "retriever" or cfg.task in ("albef_vqa", "albef_ve", "albef_nlvr") \
+        else {}
     if cfg.init:
         return MODEL_CLASSES[(family, model_task)].from_pretrained(cfg.init, **cfg.model_overrides, **extra)
     model = create_model(cfg.model, model_task, **cfg.model_overrides, **extra)
@@ -46,6 +48,15 @@ def build_task(cfg: TrainConfig, model, tokenizer) -> nn.Module:
         return BlipVqaTask(model, label_smoothing=cfg.label_smoothing)
     if cfg.task == "albef_vqa":
         return AlbefVqaTask(model, momentum=cfg.momentum, alpha=cfg.alpha, copy_momentum=cfg.init is None)
+    if cfg.task.endswith("_ve"):
+        from blipx.train.ve import build_ve_task
+        return build_ve_task(cfg, model)
+    if cfg.task.endswith("_grounding"):
+        from blipx.train.grounding import build_grounding_task
+        return build_grounding_task(cfg, model, common)
+    if "_nlvr" in cfg.task:
+        from blipx.train.nlvr import build_nlvr_task
+        return build_nlvr_task(cfg, model)
     return {"blip_retrieval": BlipRetrievalTask, "albef_retrieval": AlbefRetrievalTask}[cfg.task](model, **common)
 
 
@@ -58,6 +69,15 @@ def build_data(cfg: TrainConfig, model, tokenizer, split: str = "train", train: 
         from blipx.train.vqa import build_vqa_data
 
         return build_vqa_data(cfg, model, tokenizer, split)
+    if cfg.task.endswith("_ve"):
+        from blipx.train.ve import build_ve_data
+        return build_ve_data(cfg, model, tokenizer, split)
+    if cfg.task.endswith("_grounding"):
+        from blipx.train.grounding import build_grounding_data
+        return build_grounding_data(cfg, model, tokenizer, split)
+    if cfg.task.endswith("_nlvr"):  # albef_nlvr_pretrain reads image-caption pairs (below)
+        from blipx.train.nlvr import build_nlvr_data
+        return build_nlvr_data(cfg, model, tokenizer, split)
     family = model.config.family
     size = model.config.vision.image_size
     opts = dict(cfg.data_options)

@@ -30,6 +30,9 @@ class LoadReport:
     # With strict=False: checkpoint tensors whose shape does not fit (not loaded; the model
     # tensor keeps its initial value), as "name: checkpoint (..) vs model (..)".
     mismatched: list[str] = field(default_factory=list)
+    # What the checkpoint's layout means for the loaded model, in words (e.g. an HF BlipModel
+    # folder: ITC only, no ITM head).
+    notes: list[str] = field(default_factory=list)
 
 
 def alias_groups(model: nn.Module) -> list[list[str]]:

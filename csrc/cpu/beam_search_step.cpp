@@ -96,10 +96,14 @@ void beam_row_topk(const T* row, int64_t stride, int64_t v, const int64_t* seq, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_step_cpu(const at::Tensor& logits, const at::Tensor& beam_scores,
                                                                      const at::Tensor& sequences, int64_t num_beams,
-                                                                     int64_t cur_len, int64_t eos_token_id,
-                                                                     int64_t min_length, double repetition_penalty) {
-  const auto shape = check_beam_search_step_args(logits, beam_scores, sequences, cur_len, eos_token_id, min_length,
+                                                                     const std::optional<at::Tensor>& cur_len_t,
+                                                                     int64_t eos_token_id, int64_t min_length,
+                                                                     double repetition_penalty) {
+  const auto shape = check_beam_search_step_args(logits, beam_scores, sequences, cur_len_t, eos_token_id, min_length,
                                                  repetition_penalty, num_beams);
+  // The length lives in CPU memory here: reading it is a load, not a sync (checked in range).
+  const int64_t cur_len = (cur_len_t.has_value() && cur_len_t->defined()) ? *cur_len_t->const_data_ptr<int64_t>()
+                                                                          : sequences.size(1);
   const int64_t b = shape.batch, k = shape.beams, v = shape.vocab, n2k = 2 * k;
   auto scores = at::empty({b, n2k}, logits.options().dtype(at::kFloat));
   auto tokens = at::empty({b, n2k}, logits.options().dtype(at::kLong));

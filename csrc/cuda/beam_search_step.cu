@@ -1,6 +1,7 @@
 // CUDA entry point for blipx::beam_search_step: checks, a [B*K, 2K] candidate buffer from the
 // caching allocator, then the two launches of blipx/beam_search_step.cuh on the current stream.
-// No host sync; capturable in a CUDA graph.
+// No host sync; capturable in a CUDA graph, and since the current length is a device tensor, one
+// captured step replays correctly at every length.
 #include <algorithm>
 #include <tuple>
 
@@ -13,8 +14,9 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_step_cuda(const at::Tensor& logits, const at::Tensor& beam_scores,
                                                                       const at::Tensor& sequences, int64_t num_beams,
-                                                                      int64_t cur_len, int64_t eos_token_id,
-                                                                      int64_t min_length, double repetition_penalty) {
+                                                                      const std::optional<at::Tensor>& cur_len,
+                                                                      int64_t eos_token_id, int64_t min_length,
+                                                                      double repetition_penalty) {
   constexpr const char* op = "beam_search_step";
   const auto shape = check_beam_search_step_args(logits, beam_scores, sequences, cur_len, eos_token_id, min_length,
                                                  repetition_penalty, num_beams);
@@ -44,8 +46,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_step_cuda(const at::T
   p.sequences = sequences.const_data_ptr<int64_t>();
   p.seq_row_stride = sequences.stride(0);
   p.seq_col_stride = sequences.stride(1);
-  p.cur_len = cur_len;
-  p.banned = (cur_len < min_length && eos_token_id >= 0) ? eos_token_id : -1;
+  p.seq_len = sequences.size(1);
+  // The length stays on the device: the kernel reads it (never the host: no sync per step).
+  p.cur_len = (cur_len.has_value() && cur_len->defined()) ? cur_len->const_data_ptr<int64_t>() : nullptr;
+  p.eos = eos_token_id;
+  p.min_length = min_length;
   p.penalty = static_cast<float>(repetition_penalty);  // torch multiplies fp32 by an fp32 scalar
   p.rows = static_cast<int>(b * k);
   p.beams = static_cast<int>(k);

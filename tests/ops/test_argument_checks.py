@@ -170,7 +170,8 @@ def _valid_args():
                                top_k=torch.full((3,), 4), top_p=torch.full((3,), 0.9))),
         "beam_search_step": (ops.beam_search_step,
                              dict(logits=torch.randn(4, 9, generator=g), beam_scores=torch.zeros(4),
-                                  sequences=torch.zeros(4, 3, dtype=torch.long), num_beams=2)),
+                                  sequences=torch.zeros(4, 3, dtype=torch.long), num_beams=2,
+                                  cur_len=torch.tensor([2]))),
         "cross_attention": (ops.cross_attention,
                             dict(q=torch.randn(4, 2, 3, 8, generator=g), k=torch.randn(2, 2, 5, 8, generator=g),
                                  v=torch.randn(2, 2, 5, 8, generator=g), key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))),
@@ -192,6 +193,7 @@ MOVED = [
     ("sample_tokens", "top_p", "top_ps is on {dev} but logits is on {home}"),
     ("beam_search_step", "beam_scores", "beam_scores is on {dev} but logits is on {home}"),
     ("beam_search_step", "sequences", "sequences is on {dev} but logits is on {home}"),
+    ("beam_search_step", "cur_len", "cur_len is on {dev} but logits is on {home}"),
     ("cross_attention", "k", "k is on {dev} but q is on {home}"),
     ("cross_attention", "v", "v is on {dev} but q is on {home}"),
     ("cross_attention", "key_padding_mask", "key_padding_mask is on {dev} but q is on {home}"),
@@ -231,7 +233,7 @@ def _direct_call(op, kw):
     if op == "sample_tokens":
         args = (kw["logits"], *sampling_args(kw["temperature"], kw["top_k"], kw["top_p"]), None)
     elif op == "beam_search_step":
-        args = (kw["logits"], kw["beam_scores"], kw["sequences"], kw["num_beams"], kw["sequences"].shape[1], -1, 0, 1.0)
+        args = (kw["logits"], kw["beam_scores"], kw["sequences"], kw["num_beams"], kw["cur_len"], -1, 0, 1.0)
     elif op == "cross_attention":
         op, args = "cross_attention_fwd", (kw["q"], kw["k"], kw["v"], kw["key_padding_mask"], 0.5)
     else:
@@ -373,6 +375,11 @@ REFUSED = [
     ("beam-int32-sequences", ops.beam_search_step, {**_BEAM, "sequences": torch.zeros(4, 3, dtype=torch.int32)},
      "sequences must be int64"),
     ("beam-cur-len", ops.beam_search_step, {**_BEAM, "cur_len": 4}, "cur_len must be in [0, 3]"),
+    ("beam-cur-len-tensor", ops.beam_search_step, {**_BEAM, "cur_len": torch.tensor([-1])}, "cur_len must be in [0, 3]"),
+    ("beam-cur-len-int32", ops.beam_search_step, {**_BEAM, "cur_len": torch.tensor([1], dtype=torch.int32)},
+     "cur_len must be an int64 tensor with one element"),
+    ("beam-cur-len-shape", ops.beam_search_step, {**_BEAM, "cur_len": torch.tensor([1, 2])},
+     "cur_len must be an int64 tensor with one element"),
     ("beam-eos", ops.beam_search_step, {**_BEAM, "eos_token_id": 9}, "eos_token_id 9 is outside the vocabulary"),
     ("beam-penalty", ops.beam_search_step, {**_BEAM, "repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
     ("beam-penalty-nan", ops.beam_search_step, {**_BEAM, "repetition_penalty": float("nan")},
@@ -410,7 +417,8 @@ def test_kernels_and_references_refuse_alike(case, fn, kw, fragment):
 
 def test_refused_table_covers_every_op():
     covered = {fn.__name__ for _, fn, _, _ in REFUSED}
-    public = {op.removesuffix("_fwd") for op in _backend.OP_NAMES if not op.endswith("_bwd")}
+    public = {op.removesuffix("_fwd") for op in _backend.OP_NAMES
+              if not op.endswith("_bwd") and op not in _backend.CUDA_ONLY_OPS}  # CUDA-only: their own tests
     assert covered == public
 
 

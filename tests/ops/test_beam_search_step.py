@@ -19,9 +19,16 @@ def make(b, k, v, t, device, dtype=torch.float32):
 
 
 def check(logits, scores, seq, k, **kw):
+    """The op against the reference; an int cur_len is also passed as a device tensor (what a
+    decode loop passes), which must give the same result."""
     got = ops.beam_search_step(logits, scores, seq, k, **kw)
     want = beam_search_step_ref(logits, scores, seq, k, kw.get("cur_len"), kw.get("eos_token_id"),
                                 kw.get("min_length", 0), kw.get("repetition_penalty", 1.0))
+    if isinstance(kw.get("cur_len"), int):
+        on_device = ops.beam_search_step(logits, scores, seq, k, **{**kw, "cur_len": torch.tensor([kw["cur_len"]],
+                                                                                               device=logits.device)})
+        for a, b in zip(got, on_device):
+            assert torch.equal(a, b)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
     assert torch.equal(got[1], want[1]), f"tokens differ:\n{got[1]}\n{want[1]}"
     assert torch.equal(got[2], want[2]), f"source beams differ:\n{got[2]}\n{want[2]}"
@@ -74,6 +81,27 @@ def test_min_length_bans_eos(device):
     s, tok, _ = check(logits, scores, seq, 3, eos_token_id=EOS, min_length=4)  # cur_len 4: allowed
     assert (tok[:, :3] == EOS).all()
     check(logits, scores, seq, 3, eos_token_id=None, min_length=50)  # no EOS: nothing banned
+    # The ban follows the device-side length: cur_len 3 < 4 bans, in the same buffer.
+    _, tok, _ = check(logits, scores, seq, 3, cur_len=3, eos_token_id=EOS, min_length=4)
+    assert (tok != EOS).all()
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_device_length_is_read_at_call_time(device):
+    """One length tensor, advanced in place between calls (as a decode loop's position is):
+    each call sees the current value, for the penalty window and the EOS ban alike."""
+    logits, scores, seq = make(2, 3, 60, 8, device)
+    logits[:, EOS] = 12.0
+    seq[:, :] = torch.arange(8, device=device) + 10  # token 10 + c at column c
+    cur = torch.tensor([2], device=device)
+    for n in (2, 3, 5, 8):
+        cur.fill_(n)
+        got = ops.beam_search_step(logits, scores, seq, 3, cur_len=cur, eos_token_id=EOS, min_length=5,
+                                   repetition_penalty=2.0)
+        want = beam_search_step_ref(logits, scores, seq, 3, n, EOS, 5, 2.0)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2]), n
+        assert ((got[1] == EOS).any().item()) == (n >= 5)
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
@@ -151,36 +179,57 @@ def test_mixed_devices_rejected():
 def test_opcheck(device):
     logits, scores, seq = make(2, 3, 40, 5, device)
     op = torch.ops.blipx.beam_search_step.default
-    torch.library.opcheck(op, (logits, scores, seq, 3, 5, EOS, 7, 1.2))
-    torch.library.opcheck(op, (logits[:2], scores[:2], seq[:2], 1, 3, -1, 0, 1.0))
+    cur = torch.tensor([5], device=device)
+    torch.library.opcheck(op, (logits, scores, seq, 3, cur, EOS, 7, 1.2))
+    torch.library.opcheck(op, (logits[:2], scores[:2], seq[:2], 1, cur - 2, -1, 0, 1.0))
+    torch.library.opcheck(op, (logits[:2], scores[:2], seq[:2], 1, None, -1, 0, 1.0))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph(device):
     @torch.compile(fullgraph=True, backend="inductor")
-    def step(hidden, weight, scores, seq):
-        return ops.beam_search_step(hidden @ weight.t(), scores, seq, 3, eos_token_id=EOS, min_length=8,
+    def step(hidden, weight, scores, seq, cur):
+        return ops.beam_search_step(hidden @ weight.t(), scores, seq, 3, cur_len=cur, eos_token_id=EOS, min_length=8,
                                     repetition_penalty=1.1)
 
     hidden, weight = torch.randn(6, 16, device=device), torch.randn(300, 16, device=device)
     _, scores, seq = make(2, 3, 300, 5, device)
-    got = step(hidden, weight, scores, seq)
-    want = beam_search_step_ref(hidden @ weight.t(), scores, seq, 3, 5, EOS, 8, 1.1)
-    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
-    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    for n in (3, 5):  # the length is data, not a constant of the graph
+        got = step(hidden, weight, scores, seq, torch.tensor([n], device=device))
+        want = beam_search_step_ref(hidden @ weight.t(), scores, seq, 3, n, EOS, 8, 1.1)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
 
 
 @pytest.mark.cuda
 def test_cuda_graph_capture_matches_eager():
+    """One capture serves every length: the graph reads cur_len from the device on each replay."""
     logits, scores, seq = make(32, 3, 30524, 12, "cuda")
-    want = ops.beam_search_step(logits, scores, seq, 3, eos_token_id=EOS, min_length=20, repetition_penalty=1.1)
+    logits[:, EOS] += 4.0
+    cur = torch.tensor([4], device="cuda")
+    kw = dict(eos_token_id=EOS, min_length=8, repetition_penalty=1.1)
     graph = torch.cuda.CUDAGraph()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side), torch.cuda.graph(graph):
-        got = ops.beam_search_step(logits, scores, seq, 3, eos_token_id=EOS, min_length=20, repetition_penalty=1.1)
+        got = ops.beam_search_step(logits, scores, seq, 3, cur_len=cur, **kw)
     torch.cuda.current_stream().wait_stream(side)
-    graph.replay()
-    torch.cuda.synchronize()
-    for g, w in zip(got, want):
-        assert torch.equal(g, w)
+    for n in (4, 8, 12):
+        cur.fill_(n)
+        graph.replay()
+        want = ops.beam_search_step(logits, scores, seq, 3, cur_len=n, **kw)
+        torch.cuda.synchronize()
+        for g, w in zip(got, want):
+            assert torch.equal(g, w), n
+
+
+@pytest.mark.cuda
+def test_cuda_length_out_of_range_is_clamped():
+    """On the GPU the length is never read on the host; the kernel clamps it to [0, T]."""
+    logits, scores, seq = make(2, 3, 100, 6, "cuda")
+    for n, clamped in ((-3, 0), (50, 6)):
+        got = ops.beam_search_step(logits, scores, seq, 3, cur_len=torch.tensor([n], device="cuda"),
+                                   repetition_penalty=1.5)
+        want = beam_search_step_ref(logits.cpu(), scores.cpu(), seq.cpu(), 3, clamped, None, 0, 1.5)
+        torch.testing.assert_close(got[0].cpu(), want[0], rtol=0, atol=1e-5)
+        assert torch.equal(got[1].cpu(), want[1])

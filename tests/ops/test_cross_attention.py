@@ -17,6 +17,18 @@ from tests.conftest import DEVICES, KERNEL_DEVICES, sized
 from tests.simt.backend import SIMT
 
 LOW = (torch.bfloat16, torch.float16)
+
+
+@pytest.fixture(autouse=True)
+def _blipx_backend():
+    """These are tests of blipx's own kernels (on the CPU, on CUDA and emulated): the dispatch
+    must not hand the calls to SDPA (tests/ops/test_dispatch.py tests the choice itself)."""
+    from blipx.ops import dispatch
+
+    before = dispatch.mode()
+    dispatch.set_backend("blipx")
+    yield
+    dispatch.set_backend(before)
 # (B, G, H, Lq, Lk, D): every Lk in {1, 17, 197, 577, 901}, Lq in {1, 35, 64}, G in {1, 3, 5}
 # and D in {32, 64, 80, 96, 128} appears at least once; small B*H keeps the CPU run short.
 SHAPES = [

@@ -98,6 +98,40 @@ def test_parse_sass_counts_widths_local_traffic_and_tensor_cores():
     assert facts["_Z1jv"].ldg == Counter({32: 1})
 
 
+def test_parse_sass_counts_ldmatrix_and_cp_async():
+    sass = textwrap.dedent("""\
+        \t.section\t.text._Z1kv,"ax",@progbits
+                /*0000*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR6][R4.64] ;
+                /*0010*/              @!P0 LDGSTS.E.BYPASS.LTC128B.128.ZFILL [R3+0x80], desc[UR6][R6.64] ;
+                /*0020*/                   LDSM.16.M88.4 R8, [R2] ;
+                /*0030*/                   LDSM.16.MT88.4 R12, [R2+0x1000] ;
+                /*0040*/                   HMMA.16816.F32.BF16 R16, R8, R12, R16 ;
+        """)
+    k = kr.parse_sass(sass)["_Z1kv"]
+    assert (k.ldgsts, k.ldsm, k.mma, k.ldg) == (2, 2, 1, Counter())  # cp.async is no LDG
+    assert "ldmatrix 2" in k.brief() and "cp.async 2" in k.brief()
+
+
+# MmaFwdConfig<kD, kWm>::kSmemBytes by hand: Q tile kBlockM x (kD + 8) bf16, 2 stages of K and V
+# tiles kBlockN x (kD + 8), 2 x kBlockN float biases; or the fp32 epilogue kWn x kBlockM x (kLdAcc + 2).
+@pytest.mark.parametrize("d,wm,want", [
+    (64, 4, 64 * 72 * 2 + 4 * 64 * 72 * 2 + 2 * 64 * 4),  # 46592: training, 64-key tiles
+    (128, 4, 64 * 136 * 2 + 4 * 32 * 136 * 2 + 2 * 32 * 4),  # 52480: 32-key tiles beyond D = 64
+    (80, 1, 16 * 88 * 2 + 4 * 64 * 88 * 2 + 2 * 64 * 4),  # 48384: 4 warps x 16 keys
+    (128, 1, 16 * 136 * 2 + 4 * 64 * 136 * 2 + 2 * 64 * 4),  # 74496: needs the opt-in
+    (80, 4, 64 * 88 * 2 + 4 * 32 * 88 * 2 + 2 * 32 * 4),  # 34048 > epilogue 64 x 106 x 4 = 27136
+])
+def test_mma_forward_shared_memory(d, wm, want):
+    assert kr.mma_fwd_smem(d, wm) == want
+
+
+def test_mma_backward_shared_memory():
+    # dq: Q, dO 64 x (D + 8); K, V 2 x 32 x (D + 8); 2 x 32 biases; 2 x 64 row stats (floats).
+    assert kr.mma_bwd_smem(64, "dq") == 2 * 64 * 72 * 2 + 4 * 32 * 72 * 2 + 2 * 32 * 4 + 2 * 64 * 4  # 37632
+    # dk/dv: K, V 64 x (D + 8); Q, dO 2 x 32 x (D + 8); 2 x 2 x 32 row stats.
+    assert kr.mma_bwd_smem(128, "dkdv") == 2 * 64 * 136 * 2 + 4 * 32 * 136 * 2 + 4 * 32 * 4  # 70144
+
+
 def test_parse_res_usage_and_names():
     text = " Function _ZN5blipx1kIfEEvv:\n  REG:40 STACK:8 SHARED:1280 LOCAL:0 CONSTANT[0]:400 TEXTURE:0\n"
     r = kr.parse_res_usage(text, "sm_90")[("sm_90", "_ZN5blipx1kIfEEvv")]
@@ -192,6 +226,20 @@ def test_ema_global_loads_are_128_bit(report):
     for k in ema:
         for arch, a in k.archs.items():
             assert a.sass is not None and a.sass.ldg[128] > 0, f"{k.demangled} [{arch}]: {a.sass and a.sass.brief()}"
+
+
+@pytest.mark.parametrize("name,count", [("cross_attn_mma_fwd_kernel", 20), ("cross_attn_mma_bwd_dq_kernel", 10),
+                                        ("cross_attn_mma_bwd_dkdv_kernel", 10)])
+def test_tensor_core_kernels_use_tensor_cores_ldmatrix_and_cp_async(report, name, count):
+    # Asked by name, whatever the design comment says: every instantiation (fp16/bf16 x D in
+    # {32, 64, 80, 96, 128}, x 1 or 4 row warps for the forward) has HMMA, LDSM and LDGSTS and no
+    # local memory.
+    mma = [k for k in report.kernels if k.name == name]
+    assert len(mma) == count
+    for k in mma:
+        for arch, a in k.archs.items():
+            assert a.sass is not None and a.sass.mma > 0 and a.sass.ldsm > 0 and a.sass.ldgsts > 0, (k.demangled, arch)
+            assert a.res.stack == 0 and a.res.local == 0 and a.sass.local_ops == 0, (k.demangled, arch, a.res)
 
 
 def test_table_lists_every_kernel(report):

@@ -163,6 +163,15 @@ class _SimtMode(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def call(name: str, *args):
+    """Runs the emulated entry point ``blipx_simt::<name>`` on CPU tensors as the dispatch mode runs
+    blipx's ops (twice, two configurations, guarded copies, outputs compared bitwise), without
+    going through ``torch.ops.blipx``: for kernels whose op the loaded blipx._C may not have yet."""
+    load()
+    torch.ops.blipx_simt.reset()
+    return _call(getattr(torch.ops.blipx_simt, name).default, args, {})
+
+
 @contextlib.contextmanager
 def active():
     """blipx's ops run on the emulated kernels inside this context."""

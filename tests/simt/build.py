@@ -82,8 +82,9 @@ def _headers(path: Path, dirs: list[Path], seen: dict[Path, bytes]) -> None:
 
 def _units(kernel_dir: Path) -> list[tuple[Path, list[str]]]:
     """(source, extra flags) of every translation unit."""
-    units = [(HERE / "simt.cpp", []), (HERE / "simt_memory.cpp", []), (HERE / "simt_device.cpp", ["torch"]),
-             (HERE / "selftest.cpp", ["torch"]), (ROOT / "csrc" / "checks.cpp", ["torch"])]
+    units = [(HERE / "simt.cpp", []), (HERE / "simt_memory.cpp", []), (HERE / "simt_mma.cpp", []),
+             (HERE / "simt_device.cpp", ["torch"]), (HERE / "selftest.cpp", ["torch"]),
+             (HERE / "mma_selftest.cpp", ["torch"]), (ROOT / "csrc" / "checks.cpp", ["torch"])]
     units += [(p, ["torch", "cuda-source"]) for p in sorted((ROOT / "csrc" / "cuda").glob("*.cu"))]
     return units
 

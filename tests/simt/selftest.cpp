@@ -129,6 +129,7 @@ std::string error_of(F&& f) {
   try {
     f();
   } catch (const std::exception& e) {
+    cudaGetLastError();  // the failed launch's sticky error: not the next test's
     return e.what();
   }
   return "";

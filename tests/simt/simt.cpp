@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <deque>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -102,6 +103,13 @@ constexpr size_t kPage = 4096;
 
 }  // namespace
 
+// One cp.async in flight: its source bytes (read when it was issued) and where they land.
+struct AsyncCopy {
+  void* dst;
+  int bytes;
+  unsigned char data[16];
+};
+
 struct Thread {
   void* sp = nullptr;
   uint3 tid{};
@@ -109,6 +117,8 @@ struct Thread {
   St st = St::kReady;
   const char* at_what = "";
   std::source_location at;
+  std::vector<AsyncCopy> cp_open;               // cp.async issued since the last commit_group
+  std::deque<std::vector<AsyncCopy>> cp_groups;  // committed groups, oldest first
 };
 
 namespace {
@@ -374,6 +384,8 @@ void run_block() {
     t.st = St::kReady;
     t.sp = init_stack(stack_top(i), &t);
     t.at_what = "";
+    t.cp_open.clear();  // copies a thread left in flight when it exited never land
+    t.cp_groups.clear();
   }
   for (auto& w : b.warps) w = Warp{};
   b.live = n;
@@ -666,6 +678,57 @@ const std::vector<std::pair<char*, size_t>>& kernel_shared(const std::string& ke
   const auto it = by.find(kernel);
   return it == by.end() ? none : it->second;
 }
+
+}  // namespace
+
+bool is_shared(const void* p, size_t bytes) {
+  State& s = S();
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  const auto in = [&](const void* base, size_t n) {
+    const auto b = reinterpret_cast<uintptr_t>(base);
+    return a >= b && a + bytes <= b + n;
+  };
+  if (s.spec && s.spec->smem && in(s.dyn, s.spec->smem)) return true;
+  for (const auto& [base, n] : kernel_shared(s.kernel)) {
+    if (in(base, n)) return true;
+  }
+  return false;
+}
+
+void cp_async(void* dst, const void* src, int cp_size, int src_size, const std::source_location& loc) {
+  const std::string at = " (" + loc_str(loc) + ")";
+  if (cp_size != 4 && cp_size != 8 && cp_size != 16) fail("cp.async" + at + ": cp-size " + std::to_string(cp_size) + " is not 4, 8 or 16");
+  if (src_size < 0 || src_size > cp_size) {
+    fail("cp.async" + at + ": src-size " + std::to_string(src_size) + " outside [0, " + std::to_string(cp_size) + "]");
+  }
+  if (reinterpret_cast<uintptr_t>(dst) % cp_size || !is_shared(dst, cp_size)) {
+    fail("cp.async" + at + ": destination " + std::to_string(reinterpret_cast<uintptr_t>(dst) % 1024) +
+         " (mod 1024) is not " + std::to_string(cp_size) + "-byte aligned shared memory of this kernel");
+  }
+  if (src_size > 0 && reinterpret_cast<uintptr_t>(src) % cp_size) {
+    fail("cp.async" + at + ": source address is not " + std::to_string(cp_size) + "-byte aligned");
+  }
+  AsyncCopy c{dst, cp_size, {}};
+  if (src_size > 0) std::memcpy(c.data, src, static_cast<size_t>(src_size));  // an out-of-bounds source faults here
+  S().cur->cp_open.push_back(c);
+}
+
+void cp_async_commit(const std::source_location&) {
+  Thread& t = *S().cur;
+  t.cp_groups.push_back(std::move(t.cp_open));
+  t.cp_open.clear();
+}
+
+void cp_async_wait(int pending, const std::source_location& loc) {
+  if (pending < 0) fail("cp.async.wait_group (" + loc_str(loc) + "): negative group count");
+  Thread& t = *S().cur;
+  while (t.cp_groups.size() > static_cast<size_t>(pending)) {
+    for (const AsyncCopy& c : t.cp_groups.front()) std::memcpy(c.dst, c.data, static_cast<size_t>(c.bytes));
+    t.cp_groups.pop_front();
+  }
+}
+
+namespace {
 
 cudaError_t config_error(cudaError_t e, const std::string& msg) {
   S().last_message = "simt: launch of " + S().kernel + ": " + msg;

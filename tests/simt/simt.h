@@ -21,8 +21,10 @@
 // cudaFuncSetAttribute, kernel parameter size).
 //
 // Warp collectives share one mechanism (warp_collective): each lane posts a WarpOp pointing at
-// its operands, the last lane of the mask to arrive runs the op's `complete` over all lanes.
-// Tensor-core style collectives (mma.sync, ldmatrix) can be added as further WarpOp kinds.
+// its operands, the last lane of the mask to arrive runs the op's `complete` over all lanes. The
+// tensor-core instructions of blipx/mma.cuh (mma.sync m16n8k16, ldmatrix) are two more kinds,
+// implemented with the PTX ISA's fragment layouts (simt_mma.cpp); cp.async keeps a queue of
+// pending copies per thread that lands in shared memory only at cp.async.wait_group (simt.cpp).
 #pragma once
 
 #if defined(__CUDACC__)
@@ -83,7 +85,7 @@ void* dynamic_smem();
 // ---- block barrier and warp collectives --------------------------------------------------------
 void syncthreads(const std::source_location& loc);
 
-enum class WarpKind : int { kShfl = 0, kBallot = 1, kSyncwarp = 2, kMatchAny = 3 };
+enum class WarpKind : int { kShfl = 0, kBallot = 1, kSyncwarp = 2, kMatchAny = 3, kMma = 4, kLdmatrix = 5 };
 enum class ShflMode : int { kIdx = 0, kUp = 1, kDown = 2, kXor = 3 };
 
 struct WarpOp;
@@ -118,6 +120,23 @@ T shfl(unsigned mask, T var, int arg, int width, ShflMode mode, const char* name
   warp_collective(op);
   return out;
 }
+
+// ---- tensor-core and asynchronous-copy instructions (blipx/mma.cuh's emulated branch) ----------
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: every lane of the warp passes its A (4 regs),
+// B (2 regs) and C (4 floats) fragments and receives its D fragment (simt_mma.cpp).
+void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c, bool bf16,
+                  const std::source_location& loc);
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16: lane i passes the address of row i % 8
+// of matrix i / 8 (16 bytes of shared memory, 16-byte aligned); r[j] receives matrix j's pair.
+void ldmatrix(uint32_t* r, int num, bool trans, const void* row, const std::source_location& loc);
+// cp.async.{ca,cg}.shared.global [dst], [src], cp_size, src_size: src is read now (src_size bytes,
+// the rest of cp_size zero-filled) and lands in dst only when a cp.async.wait_group retires its
+// group; cp.async.commit_group closes the group of the copies issued since the last one.
+void cp_async(void* dst, const void* src, int cp_size, int src_size, const std::source_location& loc);
+void cp_async_commit(const std::source_location& loc);
+void cp_async_wait(int pending, const std::source_location& loc);
+// Whether [p, p + bytes) lies in the running kernel's shared memory (dynamic, or one __shared__).
+bool is_shared(const void* p, size_t bytes);
 
 // ---- launch ------------------------------------------------------------------------------------
 struct LaunchSpec {

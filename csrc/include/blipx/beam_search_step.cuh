@@ -1,14 +1,16 @@
 // One fused beam-search step (HF's vectorised beam search, blipx/ops/reference.py:
 // beam_search_step_ref) in two launches, without the [B, K*V] score matrix.
 //
-// Stage 1: one block per beam row (B*K blocks). The row's distinct tokens of
-// sequences[:, :cur_len] are marked in a shared-memory bitmask (atomicOr, so duplicates count
-// once); a max pass and a sum-of-exp pass give log-softmax's log(Z) in fp32; then each column's
-// processed score -- (x - max) - log Z, the repetition penalty for marked tokens (multiply
-// negative, divide positive), -inf for EOS while banned, plus the running beam score -- is
-// computed once (cached in shared memory when the row fits) and the row's top 2K are picked by
-// 2K rounds of block argmax, each taking the best candidate ranked strictly after the previous
-// one (score descending, ties to the lower token). Output: [B*K, 2K] candidates.
+// Stage 1: one block per beam row (B*K blocks). The current length is read on the device (a
+// decode loop's position tensor: no host value per step, so one captured graph serves every
+// step). The row's distinct tokens of sequences[:, :cur_len] are marked in a shared-memory
+// bitmask (atomicOr, so duplicates count once); a max pass and a sum-of-exp pass give
+// log-softmax's log(Z) in fp32; then each column's processed score -- (x - max) - log Z, the
+// repetition penalty for marked tokens (multiply negative, divide positive), -inf for EOS while
+// banned, plus the running beam score -- is computed once (cached in shared memory when the row
+// fits) and the row's top 2K are picked by 2K rounds of block argmax, each taking the best
+// candidate ranked strictly after the previous one (score descending, ties to the lower token).
+// Output: [B*K, 2K] candidates.
 // Stage 2: one thread per batch row merges its K sorted lists into the top 2K. This is exact:
 // scores of all beams live in one space, so the global top 2K over K*V lies in the union of the
 // per-beam top 2K (TensorRT-LLM's beam kernels rely on the same fact).
@@ -29,8 +31,10 @@ struct BeamStepParams {
   const float* beam_scores;  // [B*K], contiguous
   const int64_t* sequences;
   int64_t seq_row_stride, seq_col_stride;
-  int64_t cur_len;
-  int64_t banned;  // EOS id while cur_len < min_length, else -1
+  int64_t seq_len;         // T, the columns of sequences
+  const int64_t* cur_len;  // device-side current length (one int64, clamped to [0, T]); null: T
+  int64_t eos;             // EOS id, banned while cur_len < min_length; -1: none
+  int64_t min_length;
   float penalty;
   int rows;      // B*K
   int beams;     // K
@@ -120,13 +124,19 @@ __global__ void __launch_bounds__(1024, 1) beam_step_stage1_kernel(const BeamSte
   float* cache = reinterpret_cast<float*>(dyn + words);
   const T* lg = static_cast<const T*>(p.logits) + static_cast<int64_t>(r) * p.row_stride;
   const int64_t cs = p.col_stride;
+  int64_t cur_len = p.seq_len;
+  if (p.cur_len != nullptr) {
+    const int64_t c = *p.cur_len;
+    cur_len = c < 0 ? 0 : (c > p.seq_len ? p.seq_len : c);
+  }
+  const int banned = (cur_len < p.min_length && p.eos >= 0) ? static_cast<int>(p.eos) : -1;  // eos < V < 2^31
 
   const bool penalize = p.penalty != 1.f;
   if (penalize) {
     for (int w = tid; w < words; w += nt) mark[w] = 0u;
     __syncthreads();
     const int64_t* seq = p.sequences + static_cast<int64_t>(r) * p.seq_row_stride;
-    for (int64_t c = tid; c < p.cur_len; c += nt) {
+    for (int64_t c = tid; c < cur_len; c += nt) {
       const int64_t tok = seq[c * p.seq_col_stride];
       if (tok >= 0 && tok < v) atomicOr(&mark[tok >> 5], 1u << (tok & 31));  // ids outside [0, V) ignored
     }
@@ -146,7 +156,7 @@ __global__ void __launch_bounds__(1024, 1) beam_step_stage1_kernel(const BeamSte
   auto score = [&](int j, float x) {
     float lp = (x - m) - log_z;  // torch's log_softmax form
     if (penalize && ((mark[j >> 5] >> (j & 31)) & 1u)) lp = lp < 0.f ? lp * p.penalty : lp / p.penalty;
-    if (j == p.banned) lp = -kInf;
+    if (j == banned) lp = -kInf;
     const float s = lp + bs;
     return isnan(s) ? -kInf : s;
   };
