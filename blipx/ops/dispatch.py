@@ -370,6 +370,8 @@ def cross_attention(q, k, v, key_padding_mask=None, scale=None) -> torch.Tensor:
     """Dispatch one call (see the module docstring); the public API is
     :func:`blipx.ops.cross_attention`."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if k.shape[0] == 0:  # an empty batch: no group size to fold, nothing worth timing
+        return RUN["reference"](q, k, v, key_padding_mask, scale)
     name = select(q, k, v, key_padding_mask, scale)
     if name == "blipx" and not _backend.kernel_for("cross_attention_fwd", q.device):
         name = "reference"

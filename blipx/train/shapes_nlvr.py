@@ -13,11 +13,6 @@ goes to ``<out>/summary.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
-
 # Departures from the official recipe (salesforce/BLIP configs/nlvr.yaml: lr 3e-5, wd 0.05 on
 # every parameter, 15 epochs of 86k statements at batch 16 x 16 GPUs), for a few CPU minutes on
 # the demo's small model: 1500 steps of 32 statements at lr 5e-4 with a 50-step warm-up, cosine to
@@ -32,53 +27,17 @@ SHAPES_NLVR_DATA = {"max_objects": 2}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m blipx.train.shapes_nlvr", description=__doc__.split("\n")[1])
-    ap.add_argument("--init", default="runs/demo/model", help="a pretrained BLIP shapes model folder")
-    ap.add_argument("--out", default="runs/shapes_nlvr")
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch-size", type=int, default=SHAPES_NLVR_RECIPE["batch_size"])
-    ap.add_argument("--lr", type=float, default=SHAPES_NLVR_RECIPE["lr"])
-    ap.add_argument("--max-objects", type=int, default=SHAPES_NLVR_DATA["max_objects"])
-    ap.add_argument("--train-samples", type=int, default=20000)
-    ap.add_argument("--eval-samples", type=int, default=1000)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    from blipx.train import shapes_finetune
 
-    import torch
-
+    args = shapes_finetune.parser("python -m blipx.train.shapes_nlvr", __doc__, out="runs/shapes_nlvr", steps=1500,
+                                  recipe=SHAPES_NLVR_RECIPE, max_objects=SHAPES_NLVR_DATA["max_objects"],
+                                  train_samples=20000, eval_samples=1000).parse_args(argv)
     from blipx.evaluation.nlvr import eval_nlvr
-    from blipx.models import read_checkpoint
-    from blipx.tokenizer import tokenizer_for
-    from blipx.train.config import TrainConfig
-    from blipx.train.run import build_data, build_model, build_task
-    from blipx.train.trainer import Trainer
 
-    torch.manual_seed(args.seed)
-    family = read_checkpoint(args.init).config.family
-    recipe = {k: v for k, v in SHAPES_NLVR_RECIPE.items() if k != "batch_size"}
-    cfg = TrainConfig(**{**recipe, "lr": args.lr}, task=f"{family}_nlvr", init=args.init, data="shapes_nlvr",
-                      data_options={"num_samples": args.train_samples, "max_objects": args.max_objects},
-                      out_dir=args.out, device=args.device, max_steps=args.steps, epochs=1000,
-                      batch_size=args.batch_size, log_every=max(1, args.steps // 10), seed=args.seed)
-    model = build_model(cfg)  # the family's NLVR model, converted from the pretraining folder
-    tok = tokenizer_for(family)
-    task = build_task(cfg, model, tok)
-    dataset, collate = build_data(cfg, model, tok)
-    t0 = time.perf_counter()
-    history = Trainer(task, cfg, dataset, collate).fit(progress=False)
-    train_s = time.perf_counter() - t0
-    model.save_pretrained(Path(args.out) / "model")
-
+    model, summary = shapes_finetune.finetune(args, "nlvr", "shapes_nlvr", SHAPES_NLVR_RECIPE)
     metrics, _ = eval_nlvr(model, "shapes_nlvr", num_samples=args.eval_samples, max_objects=args.max_objects,
                            device=args.device)
-    summary = {"init": args.init, "family": family, "steps": args.steps, "batch_size": args.batch_size,
-               "lr": args.lr, "max_objects": args.max_objects, "train_samples": args.train_samples,
-               "train_seconds": round(train_s, 1), "loss_first": history[0]["loss"] if history else None,
-               "loss_last": history[-1]["loss"] if history else None, **metrics}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print(json.dumps(summary, indent=1))
+    shapes_finetune.write_summary(args.out, {**summary, **metrics})
     return 0
 
 

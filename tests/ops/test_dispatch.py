@@ -349,3 +349,13 @@ def test_sdpa_folding_views_not_copies(monkeypatch):
         q_ptr, q_shape, k_ptr, k_shape = seen.pop()
         assert q_ptr == x.untyped_storage().data_ptr() and q_shape == (b, h, g * lq, d)
         assert k_ptr == k.untyped_storage().data_ptr() and k_shape == (b, h, lk, d)
+
+
+def test_empty_batch_is_refused_by_name_not_a_division_by_zero():
+    """B = 0: the op's own argument check answers (naming k), before any group size is derived."""
+    from blipx import ops
+
+    q = torch.randn(0, 2, 3, 8)
+    k, v = torch.randn(0, 2, 5, 8), torch.randn(0, 2, 5, 8)
+    with pytest.raises(RuntimeError, match="k must have at least one row"):
+        ops.cross_attention(q, k, v, key_padding_mask=torch.zeros(0, 5, dtype=torch.bool))

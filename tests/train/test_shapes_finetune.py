@@ -1,0 +1,32 @@
+"""The synthetic fine-tune commands (``python -m blipx.train.shapes_<task>``) run end to end on a
+tiny pretraining folder: options, conversion, training, saving, scoring, summary."""
+
+import json
+
+import pytest
+
+from blipx.models import create_model
+
+
+@pytest.fixture(scope="module")
+def init(tmp_path_factory):
+    d = tmp_path_factory.mktemp("init") / "model"
+    create_model("blip_tiny", "pretrain").save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("name", ["shapes_vqa", "shapes_nlvr"])
+def test_shapes_finetune_command_writes_its_summary(init, tmp_path, name):
+    import importlib
+
+    main = importlib.import_module(f"blipx.train.{name}").main
+    out = tmp_path / name
+    assert main(["--init", str(init), "--out", str(out), "--steps", "2", "--batch-size", "4",
+                 "--train-samples", "16", "--eval-samples", "6"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["family"] == "blip" and summary["train_samples"] == 16
+    assert summary["loss_first"] is not None and summary["loss_first"] > 0
+    assert (out / "model" / "model.safetensors").is_file()
+    scores = [summary["rank"]["accuracy"], summary["generate"]["accuracy"]] if name == "shapes_vqa" \
+        else [summary["accuracy"]]
+    assert all(0.0 <= s <= 100.0 for s in scores)
