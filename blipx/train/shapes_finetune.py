@@ -27,6 +27,7 @@ def parser(prog: str, doc: str, *, out: str, steps: int, recipe: dict[str, Any],
     ap.add_argument("--eval-samples", type=int, default=eval_samples)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     return ap
 
 
@@ -49,7 +50,8 @@ def finetune(args: argparse.Namespace, task: str, data: str, recipe: dict[str, A
     options = {"num_samples": args.train_samples, "max_objects": args.max_objects, **(data_options or {})}
     cfg = TrainConfig(**{**settings, "lr": args.lr, **config}, task=f"{family}_{task}", init=args.init, data=data,
                       data_options=options, out_dir=args.out, device=args.device, max_steps=args.steps,
-                      epochs=1000, batch_size=args.batch_size, log_every=max(1, args.steps // 10), seed=args.seed)
+                      epochs=1000, batch_size=args.batch_size, log_every=max(1, args.steps // 10), seed=args.seed,
+                      overwrite=args.overwrite)
     model = build_model(cfg)  # the family's model of this task, converted from the pretraining folder
     tok = tokenizer_for(family)
     dataset, collate = build_data(cfg, model, tok)

@@ -14,11 +14,7 @@ hypotheses; the summary (accuracy overall, per class and per kind, and chance 33
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
 from collections import defaultdict
-from pathlib import Path
 
 # Departures from the official VE recipe (lr 2e-5 over 5 epochs of 530k pairs), for a few CPU
 # minutes: a higher lr with a short warm-up. ALBEF distils from a momentum model whose 0.995 EMA
@@ -31,66 +27,31 @@ SHAPES_VE_DATA = {"max_objects": 3}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m blipx.train.shapes_ve", description=__doc__.split("\n")[1])
-    ap.add_argument("--init", default="runs/demo/model", help="a pretrained shapes model folder")
-    ap.add_argument("--out", default="runs/shapes_ve")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch-size", type=int, default=SHAPES_VE_RECIPE["batch_size"])
-    ap.add_argument("--lr", type=float, default=SHAPES_VE_RECIPE["lr"])
-    ap.add_argument("--max-objects", type=int, default=SHAPES_VE_DATA["max_objects"])
-    ap.add_argument("--train-samples", type=int, default=10000)
-    ap.add_argument("--eval-samples", type=int, default=600)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    args = ap.parse_args(argv)
+    from blipx.train import shapes_finetune
 
-    import torch
+    args = shapes_finetune.parser("python -m blipx.train.shapes_ve", __doc__, out="runs/shapes_ve", steps=600,
+                                  recipe=SHAPES_VE_RECIPE, max_objects=SHAPES_VE_DATA["max_objects"],
+                                  train_samples=10000, eval_samples=600).parse_args(argv)
     from torch.utils.data import DataLoader
 
     from blipx.data import eval_transform
     from blipx.data.shapes_ve import ShapesVeDataset
     from blipx.data.ve import VeCollator
     from blipx.evaluation.ve import predict_ve, ve_accuracy
-    from blipx.models import read_checkpoint
     from blipx.tokenizer import tokenizer_for
-    from blipx.train.config import TrainConfig
-    from blipx.train.run import build_data, build_model, build_task
-    from blipx.train.trainer import Trainer
 
-    torch.manual_seed(args.seed)
-    family = read_checkpoint(args.init).config.family
-    recipe = {k: v for k, v in SHAPES_VE_RECIPE.items() if k != "batch_size"}
-    cfg = TrainConfig(**{**recipe, "lr": args.lr}, task=f"{family}_ve", init=args.init, data="shapes_ve",
-                      data_options={"num_samples": args.train_samples, "max_objects": args.max_objects},
-                      out_dir=args.out, device=args.device, max_steps=args.steps, epochs=1000,
-                      batch_size=args.batch_size, log_every=max(1, args.steps // 10), seed=args.seed,
-                      overwrite=args.overwrite)
-    model = build_model(cfg)  # the family's VE model, converted from the pretraining folder
-    tok = tokenizer_for(family)
-    task = build_task(cfg, model, tok)
-    dataset, collate = build_data(cfg, model, tok)
-    t0 = time.perf_counter()
-    history = Trainer(task, cfg, dataset, collate).fit(progress=False)
-    train_s = time.perf_counter() - t0
-    model.save_pretrained(Path(args.out) / "model")
-
+    model, summary = shapes_finetune.finetune(args, "ve", "shapes_ve", SHAPES_VE_RECIPE)
     size = model.config.vision.image_size
     test = ShapesVeDataset("test", args.eval_samples, image_size=size, max_objects=args.max_objects,
                            transform=eval_transform(size))
+    tok = tokenizer_for(model.config.family)
     pred = predict_ve(model, DataLoader(test, batch_size=64, collate_fn=VeCollator(tok)), args.device)
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for i, (p, y) in enumerate(zip(pred["predictions"], pred["labels"], strict=True)):
         by_kind[test[i]["kind"]].append(p == y)  # the same statements, drawn again by index
-    summary = {"init": args.init, "family": family, "steps": args.steps, "batch_size": args.batch_size,
-               "max_objects": args.max_objects, "train_seconds": round(train_s, 1),
-               "loss_first": history[0]["loss"] if history else None,
-               "loss_last": history[-1]["loss"] if history else None,
-               "chance": 100 / 3, **ve_accuracy(pred["predictions"], pred["labels"]),
-               "by_kind": {k: 100 * sum(v) / len(v) for k, v in sorted(by_kind.items())}}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print(json.dumps(summary, indent=1))
+    summary.update(chance=100 / 3, **ve_accuracy(pred["predictions"], pred["labels"]),
+                   by_kind={k: 100 * sum(v) / len(v) for k, v in sorted(by_kind.items())})
+    shapes_finetune.write_summary(args.out, summary)
     return 0
 
 

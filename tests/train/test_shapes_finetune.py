@@ -15,7 +15,7 @@ def init(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("name", ["shapes_vqa", "shapes_nlvr"])
+@pytest.mark.parametrize("name", ["shapes_vqa", "shapes_nlvr", "shapes_ve"])
 def test_shapes_finetune_command_writes_its_summary(init, tmp_path, name):
     import importlib
 
