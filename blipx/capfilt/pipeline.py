@@ -153,17 +153,19 @@ class CapFilt:
                 rows.append(row)
         return rows
 
-    def _claim(self, out: Path, annotations) -> None:
+    def _claim(self, out: Path, annotations, image_root) -> None:
         """Record this run in ``settings.json`` (settings, a sha256 of each model and of the
-        input's content); a folder holding another run's chunks is refused, naming what changed,
-        since resuming would silently mix the two runs' outputs. Moving the input file, or loading
+        input's content, the image folder the rows' paths are relative to, for ``blipx serve``);
+        a folder holding another run's chunks is refused, naming what changed, since resuming
+        would silently mix the two runs' outputs. Moving the input file or the images, or loading
         the same weights from another path or format, is the same run."""
         from blipx.capfilt.fingerprint import file_fingerprint, model_fingerprint
         from blipx.weights.io import write_json
 
         run = {"settings": vars(self.s), "captioner": model_fingerprint(self.captioner),
                "filter": model_fingerprint(self.filter),
-               "input": {"path": os.path.abspath(annotations), **file_fingerprint(annotations)}}
+               "input": {"path": os.path.abspath(annotations), **file_fingerprint(annotations),
+                         "image_root": os.path.abspath(image_root)}}
         path = out / "settings.json"
         if not path.is_file():
             write_json(path, run)
@@ -191,7 +193,7 @@ class CapFilt:
         """Process this rank's chunks that are not on disk yet; returns how many were written."""
         out = Path(out_dir)
         (out / "chunks").mkdir(parents=True, exist_ok=True)
-        self._claim(out, annotations)
+        self._claim(out, annotations, image_root)
         bar = None
         if progress and rank == 0:
             from tqdm import tqdm

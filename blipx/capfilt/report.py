@@ -10,7 +10,8 @@ from pathlib import Path
 from blipx.weights.io import atomic_write
 
 
-def _read_rows(out: Path) -> list[dict]:
+def read_rows(out: Path) -> list[dict]:
+    """Every row a CapFilt run in ``out`` has written (its ``chunks/chunk-*.jsonl``, in order)."""
     rows = []
     for path in sorted((out / "chunks").glob("chunk-*.jsonl")):
         with open(path, encoding="utf-8") as f:
@@ -45,7 +46,7 @@ def merge_and_report(out_dir: str | os.PathLike, threshold: float = 0.5) -> dict
     from blipx.data.shapes import caption_matches
 
     out = Path(out_dir)
-    rows = _read_rows(out)
+    rows = read_rows(out)
     scored = [r for r in rows if r.get("source") in ("web", "synthetic")]
     skipped = [r for r in rows if r.get("source") == "skipped"]
     report: dict = {

@@ -10,8 +10,8 @@ optionally over a preallocated :class:`StaticKVCache` (incremental decoding).
 Grad-CAM (salesforce/ALBEF ``Grounding.py``, LAVIS ``compute_gradcam``) needs the attention
 probabilities of one cross-attention layer and their gradient, which the fused op never
 materialises. ``BertCrossAttention.save_attention = True`` (or :func:`saving_attention`) runs that
-layer through :func:`cross_attention_with_probs` -- the math of
-:func:`blipx.ops.reference.cross_attention_ref`, keeping the probabilities -- and records them
+layer through :func:`blipx.ops.reference.cross_attention_with_probs` -- the reference math,
+keeping the probabilities -- and records them
 with their gradient, as ``xbert.py``'s ``save_attention`` does; with the flag off (the default)
 the layer calls the fused op exactly as before, at the cost of one attribute check.
 """
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blipx import ops
-from blipx.ops._checks import check_args
+from blipx.ops.reference import cross_attention_with_probs
 
 
 def cross_attention(
@@ -43,34 +43,6 @@ def cross_attention(
     The output is a transposed view of a [B*G, Lq, H, D] buffer, so ``merge_heads`` is free.
     """
     return ops.cross_attention(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
-
-
-def cross_attention_with_probs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
-    scale: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`cross_attention` computed as its reference defines it
-    (:func:`blipx.ops.reference.cross_attention_ref`: fp32 softmax, fully masked rows -> 0),
-    returning ``(out [B*G, H, Lq, D], probs [B*G, H, Lq, Lk] fp32)``: one probability row per
-    query row, so Grad-CAM reads a beam's (or a text's) map directly. The same argument checks
-    as the op. Materialises [B*G, H, Lq, Lk] (and, for G > 1, K/V per query row): an inspection
-    path, not a fast one."""
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    check_args("cross_attention", q, k, v, key_padding_mask, scale)
-    b = k.shape[0]
-    g = q.shape[0] // b if b else 1
-    if g > 1:  # rows b*G .. b*G+G-1 read K/V row b
-        k, v = k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B*G, H, Lq, Lk]
-    if key_padding_mask is not None:
-        m = key_padding_mask.to(torch.bool)
-        m = m.repeat_interleave(g, dim=0) if g > 1 else m
-        scores = scores.masked_fill(m[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return torch.matmul(probs.to(v.dtype), v), probs
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -244,7 +216,7 @@ class BertCrossAttention(nn.Module):
     dropout is.
 
     ``save_attention`` (default False): when True, every forward runs
-    :func:`cross_attention_with_probs` instead of the fused op (same outputs, to rounding) and
+    :func:`blipx.ops.reference.cross_attention_with_probs` instead of the fused op (same outputs, to rounding) and
     keeps ``attention_map`` (the probabilities [B*G, H, Lq, Lk], fp32, part of the autograd
     graph) and, once a backward has run through them, ``attn_gradients`` (their gradient, same
     shape): salesforce/ALBEF ``models/xbert.py``'s ``save_attention`` / ``get_attention_map`` /

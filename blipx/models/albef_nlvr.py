@@ -51,7 +51,7 @@ from blipx.models.base import BlipxModel, Checkpoint
 from blipx.models.blip_nlvr import add_fresh, nlvr_head, report_fresh, split_pair
 from blipx.models.blip_vqa import _all_names, _resolve_config
 from blipx.models.config import ModelConfig
-from blipx.models.contrastive import momentum_copy
+from blipx.models.contrastive import MomentumTowers
 
 _MOMENTUM_PAIRS = ("visual_encoder", "text_encoder", "cls_head")
 _TEXT_LAYER = re.compile(r"text_encoder\.(?:bert\.)?encoder\.layer\.(\d+)\..*")
@@ -168,7 +168,7 @@ class _AlbefNlvrBase(BlipxModel):
         return model
 
 
-class AlbefNlvr(_AlbefNlvrBase):
+class AlbefNlvr(MomentumTowers, _AlbefNlvrBase):
     """ALBEF NLVR2 (model_nlvr.py); see the module docstring.
 
     ``forward(pixel_values, input_ids, attention_mask, momentum=False)``: ``pixel_values``
@@ -178,23 +178,13 @@ class AlbefNlvr(_AlbefNlvrBase):
 
     _ignore_keys = (r"(vision|text)_proj(_m)?\..*", r"itm_head(_m)?\..*", r"temp", r"ta_head\..*",
                     r"text_encoder(_m)?\.cls\..*")
+    _momentum = _MOMENTUM_PAIRS
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.cls_head = nlvr_head(config.text.hidden_size)
         if config.momentum:
-            for name in _MOMENTUM_PAIRS:  # deep copies: the pair K/V sharing carries over
-                setattr(self, f"{name}_m", momentum_copy(getattr(self, name)))
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """``(online, momentum)`` pairs for the EMA (model_nlvr.py ``model_pairs``)."""
-        return [(getattr(self, n), getattr(self, f"{n}_m")) for n in _MOMENTUM_PAIRS]
-
-    @torch.no_grad()
-    def copy_momentum_from_online(self) -> None:
-        for src, dst in self.momentum_pairs():
-            for p, q in zip(src.parameters(), dst.parameters(), strict=True):
-                q.copy_(p)
+            self._build_momentum()  # deep copies: the pair K/V sharing carries over
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 momentum: bool = False) -> torch.Tensor:

@@ -39,7 +39,7 @@ from blipx.models.blip_vqa import (
     weighted_answer_loss,
 )
 from blipx.models.config import ModelConfig
-from blipx.models.contrastive import momentum_copy
+from blipx.models.contrastive import MomentumTowers
 
 _MOMENTUM_PAIRS = ("visual_encoder", "text_encoder", "text_decoder")
 _TEXT_KEY = re.compile(r"(text_encoder(?:_m)?)\.(?:bert\.)?(.*)")
@@ -95,7 +95,7 @@ def decoder_config(config: ModelConfig):
     return replace(t, num_layers=t.num_layers - t.fusion_layer, fusion_layer=0, encoder_width=t.hidden_size)
 
 
-class AlbefVqa(BlipxModel):
+class AlbefVqa(MomentumTowers, BlipxModel):
     """``visual_encoder`` + multimodal ``text_encoder`` (question) + 6-layer ``text_decoder``
     (answers), and with ``config.momentum`` their ``*_m`` copies. Questions are ALBEF-tokenized
     (``[CLS] tokens``, no [SEP]); answers are ``[CLS] answer [SEP]`` (the official dataset
@@ -103,6 +103,7 @@ class AlbefVqa(BlipxModel):
 
     family = "albef"
     _ignore_keys = (r"(vision|text)_proj(_m)?\..*", r"itm_head\..*", r"temp")
+    _momentum = _MOMENTUM_PAIRS
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -110,8 +111,7 @@ class AlbefVqa(BlipxModel):
         self.text_encoder = BertModel(config.text)
         self.text_decoder = BertLMHead(decoder_config(config))
         if config.momentum:
-            for name in _MOMENTUM_PAIRS:
-                setattr(self, f"{name}_m", momentum_copy(getattr(self, name)))
+            self._build_momentum()
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, *, config=None, strict: bool = True, **overrides: Any):
@@ -124,16 +124,6 @@ class AlbefVqa(BlipxModel):
         model = super().from_checkpoint(replace(ckpt, state_dict=sd), config=config, strict=strict, **overrides)
         model.load_report.kept_init.extend(k for k in fresh if k in model.state_dict())  # not ignored _m
         return model
-
-    def momentum_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
-        """``(online, momentum)`` pairs for the trainer's EMA (official ``model_pairs``)."""
-        return [(getattr(self, n), getattr(self, f"{n}_m")) for n in _MOMENTUM_PAIRS]
-
-    @torch.no_grad()
-    def copy_momentum_from_online(self) -> None:
-        for src, dst in self.momentum_pairs():
-            for p, q in zip(src.parameters(), dst.parameters(), strict=True):
-                q.copy_(p)
 
     def encode_question(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None,
                         momentum: bool = False) -> VqaOutput:

@@ -24,6 +24,31 @@ def momentum_copy(module: nn.Module) -> nn.Module:
     return m
 
 
+class MomentumTowers:
+    """Momentum (EMA) copies ``<name>_m`` of the modules ``_momentum_names()`` lists (the
+    official ``model_pairs`` of ALBEF/BLIP models that distil), built by ``_build_momentum``."""
+
+    _momentum: tuple[str, ...] = ()
+
+    def _momentum_names(self) -> tuple[str, ...]:
+        return self._momentum
+
+    def _build_momentum(self) -> None:
+        for name in self._momentum_names():
+            setattr(self, f"{name}_m", momentum_copy(getattr(self, name)))
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, momentum)`` module pairs for :class:`blipx.MomentumEMA`."""
+        return [(getattr(self, n), getattr(self, f"{n}_m")) for n in self._momentum_names()]
+
+    def copy_momentum_from_online(self) -> None:
+        """Set every ``*_m`` module to a copy of its online module."""
+        with torch.no_grad():
+            for src, dst in self.momentum_pairs():
+                for p, q in zip(src.parameters(), dst.parameters(), strict=True):
+                    q.copy_(p)
+
+
 _MOMENTUM_PAIRS = ("visual_encoder", "vision_proj", "text_encoder", "text_proj")
 ITC_POOLINGS = ("cls", "hf_blip_model")
 
@@ -40,7 +65,7 @@ class TanhPooler(nn.Module):
         return torch.tanh(self.dense(x))
 
 
-class ContrastiveHeadsMixin:
+class ContrastiveHeadsMixin(MomentumTowers):
     """ITC/ITM heads shared by the BLIP and ALBEF retrieval/pretraining models.
 
     ``config.itc_pooling`` says what the projections read (see :class:`ModelConfig`);
@@ -72,14 +97,6 @@ class ContrastiveHeadsMixin:
     def _momentum_names(self) -> tuple[str, ...]:
         return _MOMENTUM_PAIRS + (("text_pooler",) if hasattr(self, "text_pooler") else ())
 
-    def _build_momentum(self) -> None:
-        for name in self._momentum_names():
-            setattr(self, f"{name}_m", momentum_copy(getattr(self, name)))
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """``(online, momentum)`` module pairs for :class:`blipx.MomentumEMA`."""
-        return [(getattr(self, n), getattr(self, f"{n}_m")) for n in self._momentum_names()]
-
     def image_features(self, image_embeds: torch.Tensor, momentum: bool = False) -> torch.Tensor:
         proj = self.vision_proj_m if momentum else self.vision_proj
         cls = image_embeds[:, 0]
@@ -105,10 +122,3 @@ class ContrastiveHeadsMixin:
         return MomentumOutput(
             image_embeds, self.image_features(image_embeds, True), text_embeds, self.text_features(text_embeds, True)
         )
-
-    def copy_momentum_from_online(self) -> None:
-        """Set every ``*_m`` module to a copy of its online module."""
-        with torch.no_grad():
-            for src, dst in self.momentum_pairs():
-                for p, q in zip(src.parameters(), dst.parameters(), strict=True):
-                    q.copy_(p)

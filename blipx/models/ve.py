@@ -32,7 +32,7 @@ from blipx.models.base import BlipxModel, Checkpoint
 from blipx.models.blip import with_first_token
 from blipx.models.blip_vqa import _all_names, _resolve_config
 from blipx.models.config import ModelConfig
-from blipx.models.contrastive import momentum_copy
+from blipx.models.contrastive import MomentumTowers
 from blipx.models.init import init_weights_
 
 NUM_CLASSES = 3
@@ -52,10 +52,11 @@ class VeOutput:
     image_embeds: torch.Tensor | None = None
 
 
-class _VeModel(BlipxModel):
+class _VeModel(MomentumTowers, BlipxModel):
     """Shared body of the VE models: ViT + multimodal text encoder + ``cls_head`` (+ momentum)."""
 
     _ignore_keys = _PRETRAIN_HEADS
+    _momentum = _MOMENTUM_PAIRS
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -63,18 +64,7 @@ class _VeModel(BlipxModel):
         self.text_encoder = BertModel(config.text)
         self.cls_head = ve_head(config.text.hidden_size)
         if config.momentum:
-            for name in _MOMENTUM_PAIRS:
-                setattr(self, f"{name}_m", momentum_copy(getattr(self, name)))
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """``(online, momentum)`` pairs for the trainer's EMA (model_ve.py ``model_pairs``)."""
-        return [(getattr(self, n), getattr(self, f"{n}_m")) for n in _MOMENTUM_PAIRS]
-
-    @torch.no_grad()
-    def copy_momentum_from_online(self) -> None:
-        for src, dst in self.momentum_pairs():
-            for p, q in zip(src.parameters(), dst.parameters(), strict=True):
-                q.copy_(p)
+            self._build_momentum()
 
     def _encoder_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return input_ids

@@ -52,6 +52,20 @@ def enqueue_ref(queue: torch.Tensor, ptr: torch.Tensor, feats: torch.Tensor) -> 
         ptr.copy_(torch.remainder(start + n, q).reshape(ptr.shape))
 
 
+def _cross_attention_probs(q, k, v, key_padding_mask, scale) -> tuple[torch.Tensor, int]:
+    """The softmax of both cross-attention references: fp32 probabilities [B, H, G*Lq, Lk] (the
+    G query rows of an image as one longer query sequence; fully masked rows -> 0), and G."""
+    check_args("cross_attention", q, k, v, key_padding_mask, scale)
+    bg, h, lq, d = q.shape
+    b = k.shape[0]
+    g = bg // b
+    qg = q.reshape(b, g, h, lq, d).transpose(1, 2).reshape(b, h, g * lq, d)  # [B, H, G*Lq, D]
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, H, G*Lq, Lk]
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :].to(torch.bool), float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0), g
+
+
 def cross_attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -67,17 +81,31 @@ def cross_attention_ref(
     Returns [B*G, H, Lq, D]; a query whose keys are all masked gets zeros. Softmax runs in fp32.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    check_args("cross_attention", q, k, v, key_padding_mask, scale)
+    probs, g = _cross_attention_probs(q, k, v, key_padding_mask, scale)
     bg, h, lq, d = q.shape
-    b = k.shape[0]
-    g = bg // b
-    qg = q.reshape(b, g, h, lq, d).transpose(1, 2).reshape(b, h, g * lq, d)  # [B, H, G*Lq, D]
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, H, G*Lq, Lk]
-    if key_padding_mask is not None:
-        scores = scores.masked_fill(key_padding_mask[:, None, None, :].to(torch.bool), float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0).to(v.dtype)
-    out = torch.matmul(probs, v)  # [B, H, G*Lq, D]
-    return out.reshape(b, h, g, lq, d).transpose(1, 2).reshape(bg, h, lq, d)
+    out = torch.matmul(probs.to(v.dtype), v)  # [B, H, G*Lq, D]
+    return out.reshape(-1, h, g, lq, d).transpose(1, 2).reshape(bg, h, lq, d)
+
+
+def cross_attention_with_probs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cross_attention_ref`, also returning its probabilities: ``(out [B*G, H, Lq, D],
+    probs [B*G, H, Lq, Lk] fp32)``, one probability row per query row (Grad-CAM reads a beam's
+    or a text's map directly). ``out`` is computed from the returned ``probs``, so a gradient
+    hook on them sees the whole gradient. Materialises [B*G, H, Lq, Lk]: an inspection path
+    (``BertCrossAttention.save_attention``), not a fast one."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    probs, g = _cross_attention_probs(q, k, v, key_padding_mask, scale)
+    bg, h, lq, d = q.shape
+    lk = k.shape[2]
+    rows = probs.reshape(-1, h, g, lq, lk).transpose(1, 2).reshape(bg, h, lq, lk)
+    out = torch.matmul(rows.reshape(-1, g, h, lq, lk).to(v.dtype), v[:, None])  # [B, G, H, Lq, D]
+    return out.reshape(bg, h, lq, d), rows
 
 
 def sample_hard_negatives_ref(

@@ -41,8 +41,8 @@ class ReviewPage:
 
 class CapfiltFolder:
     """A CapFilt output folder (``out_dir``); ``image_root``: where its rows' image paths live
-    (default: the folder of the input file named in ``settings.json``, as ``blipx capfilt``'s
-    own default for ``--image-root``)."""
+    (default: the image folder ``settings.json`` records; a run written before blipx recorded
+    it: the folder of its input file, ``blipx capfilt``'s own default for ``--image-root``)."""
 
     def __init__(self, out_dir: str | os.PathLike, image_root: str | os.PathLike | None = None) -> None:
         self.out = Path(out_dir)
@@ -53,11 +53,12 @@ class CapfiltFolder:
         if (self.out / "settings.json").is_file():
             self.settings = json.loads((self.out / "settings.json").read_text(encoding="utf-8"))
         if image_root is None:
-            src = (self.settings.get("input") or {}).get("path")
-            if not src:
-                raise ValueError(f"--capfilt-images: {os.fspath(out_dir)!r} does not record its input file; "
+            recorded = self.settings.get("input") or {}
+            src = recorded.get("path")
+            if not recorded.get("image_root") and not src:
+                raise ValueError(f"--capfilt-images: {os.fspath(out_dir)!r} does not record its image folder; "
                                  "pass the image folder the run read")
-            image_root = os.path.dirname(src)
+            image_root = recorded.get("image_root") or os.path.dirname(src)
         self.image_root = Path(image_root)
         self._lock = threading.Lock()
         self._signature: tuple | None = None
@@ -70,7 +71,7 @@ class CapfiltFolder:
         return (self.settings.get("settings") or {}).get("threshold")
 
     def _load(self) -> None:
-        from blipx.capfilt.report import _read_rows
+        from blipx.capfilt.report import read_rows
 
         files = sorted((self.out / "chunks").glob("chunk-*.jsonl"))
         signature = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
@@ -78,7 +79,7 @@ class CapfiltFolder:
             return
         by_image: dict[str, ReviewImage] = {}
         skipped = []
-        for r in _read_rows(self.out):
+        for r in read_rows(self.out):
             if r.get("source") not in ("web", "synthetic"):
                 skipped.append(r)
                 continue

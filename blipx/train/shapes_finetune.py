@@ -10,6 +10,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 
@@ -32,10 +33,13 @@ def parser(prog: str, doc: str, *, out: str, steps: int, recipe: dict[str, Any],
 
 
 def finetune(args: argparse.Namespace, task: str, data: str, recipe: dict[str, Any],
-             data_options: dict[str, Any] | None = None, **config: Any):
+             data_options: dict[str, Any] | None = None, before: Callable[[Any], dict] | None = None,
+             **config: Any):
     """Fine-tune ``--init`` as ``<family>_<task>`` on ``data`` (a shapes dataset name) with
     ``recipe`` (TrainConfig fields; ``batch_size`` and ``lr`` come from the options); returns
-    ``(model, summary)`` where the summary holds the run's settings, training time and losses."""
+    ``(model, summary)`` where the summary holds the run's settings, training time and losses.
+    ``before(model)``, when given, scores the converted model before any training step (its
+    result is ``summary["before"]``, its time ``summary["eval_seconds"]``)."""
     import torch
 
     from blipx.models import read_checkpoint
@@ -53,6 +57,11 @@ def finetune(args: argparse.Namespace, task: str, data: str, recipe: dict[str, A
                       epochs=1000, batch_size=args.batch_size, log_every=max(1, args.steps // 10), seed=args.seed,
                       overwrite=args.overwrite)
     model = build_model(cfg)  # the family's model of this task, converted from the pretraining folder
+    scored: dict[str, Any] = {}
+    if before is not None:
+        t0 = time.perf_counter()
+        scored["before"] = before(model)
+        scored["eval_seconds"] = round(time.perf_counter() - t0, 1)
     tok = tokenizer_for(family)
     dataset, collate = build_data(cfg, model, tok)
     t0 = time.perf_counter()
@@ -61,7 +70,7 @@ def finetune(args: argparse.Namespace, task: str, data: str, recipe: dict[str, A
                "lr": args.lr, "max_objects": args.max_objects, "train_samples": args.train_samples,
                "train_seconds": round(time.perf_counter() - t0, 1),
                "loss_first": history[0]["loss"] if history else None,
-               "loss_last": history[-1]["loss"] if history else None}
+               "loss_last": history[-1]["loss"] if history else None, **scored}
     model.save_pretrained(Path(args.out) / "model")
     return model, summary
 

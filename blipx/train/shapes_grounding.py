@@ -14,11 +14,6 @@ cross-attention layer, before and after) goes to ``<out>/summary.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
-
 # Departures from the official recipe (lr 1e-5 over 5 epochs, queue 65,536, EMA 0.995, hard ITM
 # negatives), for a few CPU minutes, each measured on runs/demo/model (200-400-step probes, held-out
 # hits at Grad-CAM layer 1):
@@ -37,73 +32,38 @@ SHAPES_GROUNDING_RECIPE = dict(lr=5e-4, min_lr=1e-5, warmup_steps=20, weight_dec
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m blipx.train.shapes_grounding", description=__doc__.split("\n")[1])
-    ap.add_argument("--init", default="runs/demo/model", help="a pretrained shapes model folder")
-    ap.add_argument("--out", default="runs/shapes_grounding")
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=SHAPES_GROUNDING_RECIPE["batch_size"])
-    ap.add_argument("--lr", type=float, default=SHAPES_GROUNDING_RECIPE["lr"])
-    ap.add_argument("--max-objects", type=int, default=3)
-    ap.add_argument("--train-samples", type=int, default=50000)
-    ap.add_argument("--eval-samples", type=int, default=500)
+    from blipx.train import shapes_finetune
+
+    ap = shapes_finetune.parser("python -m blipx.train.shapes_grounding", __doc__, out="runs/shapes_grounding",
+                                steps=1000, recipe=SHAPES_GROUNDING_RECIPE, max_objects=3, train_samples=50000,
+                                eval_samples=500)
     ap.add_argument("--layer", type=int, default=None, help="Grad-CAM layer (default: blipx.models.gradcam)")
     ap.add_argument("--hardness-warmup", type=int, default=SHAPES_GROUNDING_RECIPE["itm_hardness_warmup_steps"],
                     help="steps over which ITM negatives ramp from random to hard (default: 10^9, ~random)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     args = ap.parse_args(argv)
 
-    import torch
-
     from blipx.evaluation.grounding import eval_shapes_grounding
-    from blipx.models import read_checkpoint
     from blipx.models.gradcam import default_layer
-    from blipx.tokenizer import tokenizer_for
-    from blipx.train.config import TrainConfig
-    from blipx.train.run import build_data, build_model, build_task
-    from blipx.train.trainer import Trainer
 
-    torch.manual_seed(args.seed)
-    family = read_checkpoint(args.init).config.family
-    recipe = {k: v for k, v in SHAPES_GROUNDING_RECIPE.items() if k not in ("batch_size", "itm_hardness_warmup_steps")}
-    cfg = TrainConfig(**{**recipe, "lr": args.lr}, task=f"{family}_grounding", init=args.init,
-                      data="shapes_grounding",
-                      data_options={"num_samples": args.train_samples, "max_objects": args.max_objects},
-                      out_dir=args.out, device=args.device, max_steps=args.steps, epochs=1000,
-                      batch_size=args.batch_size, log_every=max(1, args.steps // 10), seed=args.seed,
-                      max_text_len=35, overwrite=args.overwrite, itm_hardness_warmup_steps=args.hardness_warmup)
-    model = build_model(cfg)  # the family's retriever (with momentum copies for the task)
-    t = model.config.text
-    layers = [i for i in range(t.fusion_layer, t.num_layers)]
     evaluate = dict(num_samples=args.eval_samples, max_objects=args.max_objects, device=args.device)
 
-    def score_all() -> dict:
-        return {str(i): eval_shapes_grounding(model, layer=i, **evaluate)["hits"] for i in layers}
+    def score(model) -> dict:
+        """Hits at the chosen layer, and at every cross-attention layer."""
+        t = model.config.text
+        return {"hits": eval_shapes_grounding(model, layer=args.layer, **evaluate),
+                "by_layer": {str(i): eval_shapes_grounding(model, layer=i, **evaluate)["hits"]
+                             for i in range(t.fusion_layer, t.num_layers)}}
 
-    t0 = time.perf_counter()
-    before = eval_shapes_grounding(model, layer=args.layer, **evaluate)
-    before_layers = score_all()
-    eval_s = time.perf_counter() - t0
-    tok = tokenizer_for(family)
-    task = build_task(cfg, model, tok)
-    dataset, collate = build_data(cfg, model, tok)
-    t0 = time.perf_counter()
-    history = Trainer(task, cfg, dataset, collate).fit(progress=False)
-    train_s = time.perf_counter() - t0
-    model.save_pretrained(Path(args.out) / "model")
-    after = eval_shapes_grounding(model, layer=args.layer, **evaluate)
-    summary = {"init": args.init, "family": family, "steps": args.steps, "batch_size": args.batch_size,
-               "max_objects": args.max_objects, "train_seconds": round(train_s, 1),
-               "eval_seconds": round(eval_s, 1),
-               "layer": default_layer(model) if args.layer is None else args.layer,
-               "loss_first": history[0]["loss"] if history else None,
-               "loss_last": history[-1]["loss"] if history else None,
-               "before": before, "before_by_layer": before_layers, "after": after, "after_by_layer": score_all(),
-               "hits": after["hits"], "chance": after["chance"]}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print(json.dumps(summary, indent=1))
+    # The family's retriever (with momentum copies for the task), scored before and after.
+    model, summary = shapes_finetune.finetune(args, "grounding", "shapes_grounding", SHAPES_GROUNDING_RECIPE,
+                                              before=score, max_text_len=35,
+                                              itm_hardness_warmup_steps=args.hardness_warmup)
+    before = summary.pop("before")
+    after = score(model)
+    summary.update(layer=default_layer(model) if args.layer is None else args.layer,
+                   before=before["hits"], before_by_layer=before["by_layer"], after=after["hits"],
+                   after_by_layer=after["by_layer"], hits=after["hits"]["hits"], chance=after["hits"]["chance"])
+    shapes_finetune.write_summary(args.out, summary)
     return 0
 
 

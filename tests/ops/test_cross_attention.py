@@ -210,6 +210,30 @@ def test_torch_compile_fullgraph(device):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("g", [1, 3])
+def test_with_probs_equals_the_reference_row_by_row_and_its_probs_carry_the_gradient(g):
+    """What Grad-CAM reads: the output of cross_attention_ref, the probabilities of each query
+    row (a fully masked image -> 0) and, through a hook on them, d loss / d probs."""
+    from blipx.ops.reference import cross_attention_with_probs
+
+    q, k, v = inputs((3, g, 2, 4, 7, 8), torch.float32, "cpu")
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[1, :5] = True
+    mask[2] = True
+    q.requires_grad_(True)
+    out, probs = cross_attention_with_probs(q, k, v, key_padding_mask=mask)
+    torch.testing.assert_close(out, cross_attention_ref(q, k, v, key_padding_mask=mask))
+    kk, vv = k.repeat_interleave(g, 0), v.repeat_interleave(g, 0)  # row b*G+i reads image b
+    want = torch.softmax((q @ kk.transpose(-1, -2) * 8**-0.5).masked_fill(
+        mask.repeat_interleave(g, 0)[:, None, None], float("-inf")), -1).nan_to_num(0.0)
+    torch.testing.assert_close(probs, want.detach())
+    seen = []
+    probs.register_hook(seen.append)
+    dout = torch.randn_like(out)
+    (out * dout).sum().backward()
+    torch.testing.assert_close(seen[0], (dout @ vv.transpose(-1, -2)).detach())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_layer_function_runs_the_op_and_switch_selects_reference(device):
     q, k, v = inputs((1, 3, 2, 2, 5, 32), torch.float32, device)

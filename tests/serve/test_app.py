@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import shutil
 
@@ -221,6 +222,24 @@ def test_review_pages_through_many_images(pipeline, serve_tree):
     assert folder.query(page=99, per_page=3).page == 2
     with pytest.raises(FileNotFoundError, match="--capfilt: .* not a blipx capfilt output folder"):
         CapfiltFolder(serve_tree["pick"])
+
+
+def test_review_reads_images_from_the_recorded_image_folder(serve_tree, tmp_path):
+    """settings.json records the image folder the run read, so the review finds the images
+    even when the input file lives elsewhere (runs written before that: the input's folder)."""
+    from blipx.serve.review import CapfiltFolder
+
+    recorded = json.loads((serve_tree["capfilt"] / "settings.json").read_text())["input"]
+    assert recorded["image_root"] == os.path.abspath(serve_tree["data"])
+    moved = tmp_path / "run"
+    shutil.copytree(serve_tree["capfilt"], moved)
+    settings = json.loads((moved / "settings.json").read_text())
+    settings["input"]["path"] = str(tmp_path / "elsewhere" / "ann.jsonl")
+    (moved / "settings.json").write_text(json.dumps(settings))
+    assert CapfiltFolder(moved).image_root == serve_tree["data"]
+    del settings["input"]["image_root"]  # an older run: the input file's folder
+    (moved / "settings.json").write_text(json.dumps(settings))
+    assert CapfiltFolder(moved).image_root == tmp_path / "elsewhere"
 
 
 # -- safety ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ def init(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("name", ["shapes_vqa", "shapes_nlvr", "shapes_ve"])
+@pytest.mark.parametrize("name", ["shapes_vqa", "shapes_nlvr", "shapes_ve", "shapes_grounding"])
 def test_shapes_finetune_command_writes_its_summary(init, tmp_path, name):
     import importlib
 
@@ -27,6 +27,7 @@ def test_shapes_finetune_command_writes_its_summary(init, tmp_path, name):
     assert summary["steps"] == 2 and summary["family"] == "blip" and summary["train_samples"] == 16
     assert summary["loss_first"] is not None and summary["loss_first"] > 0
     assert (out / "model" / "model.safetensors").is_file()
-    scores = [summary["rank"]["accuracy"], summary["generate"]["accuracy"]] if name == "shapes_vqa" \
-        else [summary["accuracy"]]
+    scores = {"shapes_vqa": lambda: [summary["rank"]["accuracy"], summary["generate"]["accuracy"]],
+              "shapes_grounding": lambda: [summary["hits"], summary["before"]["hits"], *summary["after_by_layer"].values()]
+              }.get(name, lambda: [summary["accuracy"]])()
     assert all(0.0 <= s <= 100.0 for s in scores)
