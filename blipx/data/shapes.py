@@ -57,9 +57,10 @@ _POSITION_ALT = "|".join(map(re.escape, sorted(POSITIONS.values(), key=len, reve
 _OBJECT_RE = re.compile(rf"\b({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})(?: ({_POSITION_ALT}))?")
 
 
-def random_scene(rng: random.Random, max_objects: int = 3) -> list[dict[str, Any]]:
-    """1..max_objects objects in distinct grid cells, each {shape, color, size, position, row, col}."""
-    cells = rng.sample(sorted(POSITIONS), rng.randint(1, max_objects))
+def random_scene(rng: random.Random, max_objects: int = 3, min_objects: int = 1) -> list[dict[str, Any]]:
+    """min_objects..max_objects objects in distinct grid cells, each {shape, color, size,
+    position, row, col} (the default min_objects=1 keeps every scene stream as it always was)."""
+    cells = rng.sample(sorted(POSITIONS), rng.randint(min_objects, max_objects))
     return [
         {"shape": rng.choice(SHAPES), "color": rng.choice(list(COLORS)), "size": rng.choice(list(SIZES)),
          "position": POSITIONS[cell], "row": cell[0], "col": cell[1]}
@@ -141,7 +142,8 @@ def _content(objects: Sequence[dict[str, Any]]) -> Counter:
 
 class ShapesDataset(Dataset):
     """Captioned shapes. ``split`` in train/val/test (different seed streams = held-out scenes);
-    ``max_objects`` (1-9, default 3) bounds the shapes per image (1 makes an easy demo task).
+    ``max_objects`` (1-9, default 3) bounds the shapes per image (1 makes an easy demo task);
+    ``min_objects`` (default 1) their lower bound.
 
     A sample is a dict: ``image`` (PIL, or the ``transform`` output), ``caption`` (possibly
     wrong), ``clean_caption``, ``is_noisy``, ``objects`` (the true scene, before augmentation),
@@ -158,6 +160,7 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         transform=None,
         max_objects: int = 3,
+        min_objects: int = 1,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
@@ -165,7 +168,9 @@ class ShapesDataset(Dataset):
             raise ValueError(f"noise must be in [0, 1], got {noise}")
         if not 1 <= max_objects <= len(POSITIONS):
             raise ValueError(f"max_objects must be in [1, {len(POSITIONS)}], got {max_objects}")
-        self.max_objects = max_objects
+        if not 1 <= min_objects <= max_objects:
+            raise ValueError(f"min_objects must be in [1, max_objects={max_objects}], got {min_objects}")
+        self.max_objects, self.min_objects = max_objects, min_objects
         self.split, self.image_size, self.noise, self.seed = split, image_size, noise, seed
         self.num_samples = SPLITS[split] if num_samples is None else int(num_samples)
         self.transform = transform
@@ -180,7 +185,7 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         rng = random.Random(f"{self.seed}/{self.split}/{index}")
-        objects = random_scene(rng, self.max_objects)
+        objects = random_scene(rng, self.max_objects, self.min_objects)
         image = draw_scene(objects, self.image_size, rng)
         clean = describe(objects, rng)
         caption, noisy = clean, index in self.noisy_indices

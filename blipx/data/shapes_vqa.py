@@ -12,6 +12,7 @@ training *and* test samples (one answer of weight 1; ten identical "human" answe
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -32,14 +33,16 @@ ANSWERS = (list(COLORS) + list(SHAPES) + list(SIZES) + [position_answer(p) for p
            + [str(n) for n in range(MAX_COUNT + 1)])
 
 
-def make_question(objects: list[dict[str, Any]], rng: random.Random) -> tuple[str, str, str]:
-    """(question, answer, type) about ``objects`` (a shapes scene), drawn from ``rng``."""
-    kind = rng.choice(QUESTION_TYPES)
+def make_question(objects: list[dict[str, Any]], rng: random.Random,
+                  types: Sequence[str] = QUESTION_TYPES) -> tuple[str, str, str]:
+    """(question, answer, type) about ``objects`` (a shapes scene), drawn from ``rng``; its type
+    is one of ``types``."""
+    kind = rng.choice(types)
     o = rng.choice(objects)
     if kind == "position":
         unique = [x for x in objects if sum((y["color"], y["shape"]) == (x["color"], x["shape"]) for y in objects) == 1]
         if not unique:  # every (colour, shape) repeats: "where is" has no single answer
-            kind = "color"
+            kind = next((t for t in types if t != "position"), "color")
         else:
             o = rng.choice(unique)
             return f"where is the {o['color']} {o['shape']}?", position_answer(o["position"]), kind
@@ -61,15 +64,22 @@ class ShapesVqaDataset(Dataset):
     A sample: ``image`` (``transform`` output), ``question``, ``answers`` [answer] with
     ``weights`` [1.0], ``question_id`` (= index), ``gt_answers`` (the answer 10 times: VQA
     accuracy then equals exact match), ``type`` and ``objects``. ``max_objects`` <= 3 keeps
-    every count within :data:`ANSWERS`.
+    every count within :data:`ANSWERS`. ``min_objects`` and ``question_types`` narrow the
+    scenes and the questions (the first stage of the shapes-VQA fine-tune asks only about the
+    shape in a named cell of a multi-shape scene); the defaults give the held-out questions.
     """
 
     def __init__(self, split: str = "train", num_samples: int | None = None, image_size: int = 48,
-                 max_objects: int = 3, seed: int = 0, transform=None, family: str = "blip") -> None:
+                 max_objects: int = 3, seed: int = 0, transform=None, family: str = "blip", min_objects: int = 1,
+                 question_types: Sequence[str] = QUESTION_TYPES) -> None:
         if not 1 <= max_objects <= MAX_COUNT:
             raise ValueError(f"max_objects must be in [1, {MAX_COUNT}] (counts are answers), got {max_objects}")
-        self.scenes = ShapesDataset(split, num_samples, image_size=image_size, seed=seed, max_objects=max_objects)
+        if isinstance(question_types, str) or not question_types or not set(question_types) <= set(QUESTION_TYPES):
+            raise ValueError(f"question_types must be a non-empty subset of {QUESTION_TYPES}, got {question_types!r}")
+        self.scenes = ShapesDataset(split, num_samples, image_size=image_size, seed=seed, max_objects=max_objects,
+                                    min_objects=min_objects)
         self.transform, self.family = transform, family
+        self.question_types = tuple(question_types)
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -80,7 +90,7 @@ class ShapesVqaDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.scenes.raw(index)
-        question, answer, kind = make_question(s["objects"], self.question_rng(index))
+        question, answer, kind = make_question(s["objects"], self.question_rng(index), self.question_types)
         image = self.transform(s["image"]) if self.transform else s["image"]
         answers, weights = answer_weights([answer], "vqa", self.family)  # ALBEF: + its eos
         return {"image": image, "question": pre_question(question, self.family), "answers": answers, "weights": weights,

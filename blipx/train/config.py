@@ -94,6 +94,9 @@ class TrainConfig:
     warmup_steps: int = 0
     warmup_lr: float = 1e-6
     grad_clip: float = 0.0
+    # Model modules kept as loaded (no gradient, no update), e.g. ["visual_encoder"]; their
+    # momentum copies, if any, then stay equal to them.
+    freeze: list[str] = field(default_factory=list)
     amp: str = "none"  # none | bf16 | fp16
     grad_checkpointing: bool = False
     # objectives
@@ -227,6 +230,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     if cfg.crop_scale is not None:
         lo_hi = cfg.crop_scale
         need(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1, "crop_scale", "[low, high] with 0 < low <= high <= 1")
+    need(all(isinstance(n, str) and n.strip(".") for n in cfg.freeze), "freeze", "a list of module names")
     need(bool(cfg.data), "data", "'shapes', annotation file(s) or WebDataset shards")
     need(bool(cfg.out_dir), "out_dir", "a folder path")
     if cfg.device != "auto":

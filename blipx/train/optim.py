@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from blipx.train.config import TrainConfig
+from blipx.train.config import ConfigError, TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
@@ -25,6 +25,20 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
+
+
+def freeze_modules(model: nn.Module, names: list[str]) -> None:
+    """Turn off the gradient of every parameter of the modules ``names`` of ``model`` (dotted
+    paths, e.g. ``visual_encoder`` or ``text_encoder.encoder.layer.0``); :func:`param_groups`
+    then leaves them out of the optimizer."""
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            top = ", ".join(n for n, _ in model.named_children())
+            raise ConfigError(f"freeze: {type(model).__name__} has no module {name!r} (its modules: {top})") from None
+        for p in module.parameters():
+            p.requires_grad_(False)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

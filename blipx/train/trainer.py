@@ -39,7 +39,7 @@ from blipx.losses import alpha_warmup
 from blipx.train import checkpoint as ckpt
 from blipx.train.config import ConfigError, RunError, TrainConfig, default_out_dir
 from blipx.train.distributed import DistInfo
-from blipx.train.optim import build_optimizer, build_scheduler
+from blipx.train.optim import build_optimizer, build_scheduler, freeze_modules
 from blipx.train.task import StepContext, Task
 from blipx.weights.io import atomic_write
 
@@ -99,6 +99,8 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.device = self.dist.device
         self.task = task.to(self.device)
+        # Before DDP, which registers its gradient hooks on the parameters that require grad.
+        freeze_modules(getattr(task, "model", task), cfg.freeze)
         self.module = self.dist.wrap(self.task)  # DDP when distributed
         self.optimizer = build_optimizer(self.task, cfg)
         self.streaming = isinstance(dataset, IterableDataset)

@@ -4,15 +4,18 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from blipx.models import create_model
 from blipx.train import BlipPretrainTask
 from blipx.train import checkpoint as ckpt
-from blipx.train.config import RunError, TrainConfig, load_config
+from blipx.train.config import ConfigError, RunError, TrainConfig, load_config
 from blipx.train.optim import lr_factor, param_groups
 from blipx.train.synthetic import RandomPairs, stack_collate
+from blipx.train.task import Task
 from blipx.train.trainer import EpochSampler, Trainer
 from tests.train import tiny
+from tests.train.tiny import SIZE, tiny_trainer
 
 
 def make_trainer(out_dir, **overrides):
@@ -94,6 +97,34 @@ def test_schedules_and_groups():
     assert all(p.requires_grad for g in albef for p in g["params"])  # momentum copies excluded
     blip = param_groups(model, 0.05, decay_norm_and_bias=True)
     assert len(blip) == 1
+
+
+class _TwoLayerTask(Task):
+    inputs = ("pixel_values",)
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        super().__init__(nn.Sequential(nn.Linear(3 * SIZE * SIZE, 4), nn.Linear(4, 1)))
+
+    def losses(self, batch, ctx):
+        loss = self.model(batch["pixel_values"].flatten(1)).pow(2).mean()
+        return {"loss": loss}
+
+
+def test_freeze_keeps_the_named_modules_as_loaded_and_trains_the_rest(tmp_path):
+    task = _TwoLayerTask()
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    trainer = tiny_trainer(tmp_path / "run", task=task, freeze=["0"], epochs=1)
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == \
+        {id(p) for p in task.model[1].parameters()}
+    trainer.fit(progress=False)
+    after = task.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in ("0.weight", "0.bias"))
+    assert not torch.equal(before["1.weight"], after["1.weight"])
+    with pytest.raises(ConfigError, match="freeze: Sequential has no module 'vit'"):
+        tiny_trainer(tmp_path / "bad", task=_TwoLayerTask(), freeze=["vit"])
+    with pytest.raises(ConfigError, match="freeze="):
+        TrainConfig(freeze=[""])
 
 
 def test_config_file_and_overrides(tmp_path):

@@ -76,6 +76,28 @@ def test_shapes_questions_are_answerable():
         assert make_question(objs, random.Random(seed))[2] != "position"
 
 
+def test_shapes_questions_narrowed_to_multi_shape_scenes_and_some_types():
+    """The binding stage of the shapes-VQA fine-tune: only scenes of >= 2 shapes, only the named
+    types; the defaults leave every scene and question as they were."""
+    narrow = ShapesVqaDataset("train", 200, max_objects=3, min_objects=2, question_types=["color", "shape"])
+    samples = [narrow[i] for i in range(200)]
+    assert all(len(s["objects"]) >= 2 for s in samples) and {s["type"] for s in samples} == {"color", "shape"}
+    for s in samples:  # about the one shape in the named cell
+        named = [o for o in s["objects"] if s["question"].endswith(f"{o['position']}?")]
+        assert len(named) == 1 and s["answers"] == [named[0][s["type"]]], s
+    from blipx.data.shapes import ShapesDataset
+
+    default = ShapesVqaDataset("train", 50, max_objects=3)
+    scenes = ShapesDataset("train", 50, image_size=48, max_objects=3)
+    assert [default[i]["objects"] for i in range(50)] == [scenes.raw(i)["objects"] for i in range(50)]
+    assert {len(default[i]["objects"]) for i in range(50)} == {1, 2, 3}
+    for bad in ([], ["colour"], "color"):
+        with pytest.raises(ValueError, match="question_types"):
+            ShapesVqaDataset("train", 4, question_types=bad)
+    with pytest.raises(ValueError, match="min_objects"):
+        ShapesVqaDataset("train", 4, max_objects=2, min_objects=3)
+
+
 def _train_batch(family):
     ds = ShapesVqaDataset("train", 8, image_size=32, transform=eval_transform(32), family=family)
     return VqaCollator(tokenizer_for(family), 35 if family == "blip" else None)([ds[i] for i in range(8)])
