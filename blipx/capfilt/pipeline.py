@@ -107,8 +107,7 @@ class CapFilt:
     def process_chunk(self, entries: list[Annotation | Skipped], image_root: Path, chunk_index: int) -> list[dict]:
         """Rows for every (image, caption) of the chunk, plus one ``"skipped"`` row per refused
         record or unusable image."""
-        from blipx.data import load_image
-        from blipx.data.images import resolve_image_path
+        from blipx.data.images import read_image
 
         s = self.s
         rows: list[dict] = []
@@ -118,8 +117,7 @@ class CapFilt:
             if isinstance(e, Skipped):  # refused while reading: e.source is "file:line"
                 rows.append({"source": "skipped", "reason": e.reason, "where": e.source, "detail": e.detail})
                 continue
-            path = resolve_image_path(image_root, e.image, s.allow_outside_root, real_root)
-            img = path if isinstance(path, Skipped) else load_image(path, s.max_pixels)
+            img = read_image(image_root, e.image, s.allow_outside_root, real_root, s.max_pixels)
             if isinstance(img, Skipped):
                 rows.append({"image": e.image, "image_id": e.image_id, "source": "skipped", "reason": img.reason,
                              "where": e.where, "detail": img.detail})

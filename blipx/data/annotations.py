@@ -28,8 +28,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from blipx.data.images import (BAD_RECORD, MAX_PIXELS, NO_CAPTION, Skipped, load_image, resolve_image_path,
-                               warn_skipped)
+from blipx.data.images import BAD_RECORD, MAX_PIXELS, NO_CAPTION, Skipped, read_image, warn_skipped
 from blipx.data.text import pre_caption
 from blipx.data.transforms import apply_transform
 
@@ -267,10 +266,7 @@ class ImageTextDataset(Dataset):
         else:
             img = index
             text = self.img2txt[index][0]
-        path = resolve_image_path(self.image_root, self.image_paths[img], self.allow_outside_root, self._real_root)
-        if isinstance(path, Skipped):
-            return path
-        image = load_image(path, self.max_pixels)
+        image = read_image(self.image_root, self.image_paths[img], self.allow_outside_root, self._real_root, self.max_pixels)
         if isinstance(image, Skipped):
             return image
         pixels, caption = apply_transform(self.transform, image, self.texts[text])

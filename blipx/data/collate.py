@@ -17,6 +17,14 @@ import torch
 from blipx.data.images import Skipped
 
 
+def keep_samples(samples: Sequence[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A batch's samples (dicts) and its header: ``batch_size``, ``num_skipped`` and ``skipped``
+    ({reason: count} of the :class:`Skipped` entries, which every collate drops and counts)."""
+    kept = [s for s in samples if isinstance(s, dict)]
+    skipped = Counter(s.reason if isinstance(s, Skipped) else "unknown" for s in samples if not isinstance(s, dict))
+    return kept, {"batch_size": len(kept), "num_skipped": len(samples) - len(kept), "skipped": dict(skipped)}
+
+
 class ImageTextCollator:
     """``samples -> batch`` dict.
 
@@ -40,15 +48,11 @@ class ImageTextCollator:
         self.prompt = prompt
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
-        skipped = Counter(s.reason if isinstance(s, Skipped) else "unknown" for s in samples if not isinstance(s, dict))
-        kept = [s for s in samples if isinstance(s, dict)]
-        batch: dict[str, Any] = {
-            "batch_size": len(kept),
-            "num_skipped": sum(skipped.values()),
-            "skipped": dict(skipped),
+        kept, batch = keep_samples(samples)
+        batch.update({
             "captions": [s["caption"] for s in kept],
             "image_ids": torch.tensor([int(s["image_id"]) for s in kept], dtype=torch.long),
-        }
+        })
         if not kept:
             batch["pixel_values"] = torch.empty(0)
             batch["input_ids"] = torch.empty(0, 0, dtype=torch.long)

@@ -29,7 +29,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from blipx.data.annotations import check_caption, iter_records
-from blipx.data.images import BAD_RECORD, MAX_PIXELS, Skipped, load_image, resolve_image_path, warn_skipped
+from blipx.data.images import BAD_RECORD, MAX_PIXELS, Skipped, read_image, warn_skipped
 from blipx.data.transforms import apply_transform
 
 
@@ -88,10 +88,7 @@ class GroundingDataset(Dataset):
         if index >= len(self.records):
             return self.skipped[index - len(self.records)]
         name, text, ref_id = self.records[index]
-        path = resolve_image_path(self.image_root, name, self.allow_outside_root, self._real_root)
-        if isinstance(path, Skipped):
-            return path
-        image = load_image(path, self.max_pixels)
+        image = read_image(self.image_root, name, self.allow_outside_root, self._real_root, self.max_pixels)
         if isinstance(image, Skipped):
             return image
         pixels, text = apply_transform(self.transform, image, text)

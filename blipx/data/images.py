@@ -114,6 +114,14 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> 
     return _open(os.fspath(path), os.fspath(path), max_pixels)
 
 
+def read_image(root: str | os.PathLike, name: str, allow_outside_root: bool = False, real_root: str | None = None,
+               max_pixels: int | None = MAX_PIXELS) -> Image.Image | Skipped:
+    """The image an annotation names: :func:`resolve_image_path` then :func:`load_image`; a
+    :class:`Skipped` from either."""
+    path = resolve_image_path(root, name, allow_outside_root, real_root)
+    return path if isinstance(path, Skipped) else load_image(path, max_pixels)
+
+
 def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int | None = MAX_PIXELS) -> Image.Image | Skipped:
     """RGB PIL image from encoded bytes (jpg/png/webp ...), or :class:`Skipped`."""
     if not data:

@@ -17,7 +17,6 @@ deterministic. Unreadable images, paths outside ``image_root`` and bad records b
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ import torch
 from torch.utils.data import Dataset
 
 from blipx.data.annotations import check_caption, iter_records
-from blipx.data.images import BAD_RECORD, MAX_PIXELS, Skipped, load_image, resolve_image_path, warn_skipped
+from blipx.data.collate import keep_samples
+from blipx.data.images import BAD_RECORD, MAX_PIXELS, Skipped, read_image, warn_skipped
 
 # salesforce/BLIP nlvr_dataset.py: pre_caption(sentence, 40); salesforce/ALBEF: max_words = 30.
 MAX_WORDS = {"blip": 40, "albef": 30}
@@ -93,10 +93,7 @@ class NlvrDataset(Dataset):
         return len(self.records)
 
     def _image(self, name: str):
-        path = resolve_image_path(self.image_root, name, self.allow_outside_root, self._real_root)
-        if isinstance(path, Skipped):
-            return path
-        image = load_image(path, self.max_pixels)
+        image = read_image(self.image_root, name, self.allow_outside_root, self._real_root, self.max_pixels)
         if isinstance(image, Skipped) or self.transform is None:
             return image
         return self.transform(image)
@@ -127,10 +124,7 @@ class NlvrCollator:
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
-        kept = [s for s in samples if isinstance(s, dict)]
-        skipped = Counter(s.reason if isinstance(s, Skipped) else "unknown" for s in samples if not isinstance(s, dict))
-        batch: dict[str, Any] = {"batch_size": len(kept), "num_skipped": len(samples) - len(kept),
-                                 "skipped": dict(skipped)}
+        kept, batch = keep_samples(samples)
         if not kept:
             return batch
         batch["pixel_values"] = torch.stack([s["image0"] for s in kept] + [s["image1"] for s in kept])

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from blipx.data.annotations import check_caption, iter_records
 from blipx.data.collate import ImageTextCollator
-from blipx.data.images import BAD_RECORD, MAX_PIXELS, Skipped, load_image, resolve_image_path, warn_skipped
+from blipx.data.images import BAD_RECORD, MAX_PIXELS, Skipped, read_image, warn_skipped
 from blipx.data.transforms import apply_transform
 
 # The official label ids (ve_dataset.py: {'entailment': 2, 'neutral': 1, 'contradiction': 0}).
@@ -80,10 +80,7 @@ class VeDataset(Dataset):
         if index >= len(self.records):  # refused records are counted once per epoch, as images are
             return self.skipped[index - len(self.records)]
         name, sentence, label = self.records[index]
-        path = resolve_image_path(self.image_root, name, self.allow_outside_root, self._real_root)
-        if isinstance(path, Skipped):
-            return path
-        image = load_image(path, self.max_pixels)
+        image = read_image(self.image_root, name, self.allow_outside_root, self._real_root, self.max_pixels)
         if isinstance(image, Skipped):
             return image
         pixels, sentence = apply_transform(self.transform, image, sentence)

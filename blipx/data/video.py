@@ -255,9 +255,8 @@ def collate_videos(samples: Sequence[Any]) -> dict[str, Any]:
     """``samples -> {"video": [B, F, 3, S, S], "index": int64 [B], "skipped": {reason: count}}``;
     :class:`Skipped` samples are dropped and counted (in the worker, as
     :class:`~blipx.data.collate.ImageTextCollator` does). An all-skipped batch has B = 0."""
-    from collections import Counter
+    from blipx.data.collate import keep_samples
 
-    kept = [s for s in samples if isinstance(s, dict)]
-    skipped = Counter(s.reason if isinstance(s, Skipped) else "unknown" for s in samples if not isinstance(s, dict))
+    kept, header = keep_samples(samples)
     return {"video": torch.stack([s["video"] for s in kept]) if kept else torch.empty(0),
-            "index": torch.tensor([int(s["index"]) for s in kept], dtype=torch.long), "skipped": dict(skipped)}
+            "index": torch.tensor([int(s["index"]) for s in kept], dtype=torch.long), "skipped": header["skipped"]}

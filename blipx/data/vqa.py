@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from blipx.data.collate import keep_samples
 from blipx.data.images import Skipped, load_image
 from blipx.data.text import _ALBEF_PUNCT, _BLIP_PUNCT
 
@@ -133,10 +133,7 @@ class VqaCollator:
         self.tokenizer, self.max_question_len = tokenizer, max_question_len
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
-        kept = [s for s in samples if isinstance(s, dict)]
-        skipped = Counter(s.reason if isinstance(s, Skipped) else "unknown" for s in samples if not isinstance(s, dict))
-        batch: dict[str, Any] = {"batch_size": len(kept), "num_skipped": len(samples) - len(kept),
-                                 "skipped": dict(skipped)}
+        kept, batch = keep_samples(samples)
         if not kept:
             return batch
         batch["pixel_values"] = torch.stack([s["image"] for s in kept])
