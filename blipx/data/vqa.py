@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from blipx.data.collate import keep_samples
-from blipx.data.images import Skipped, load_image
+from blipx.data.images import Skipped, read_image
 from blipx.data.text import _ALBEF_PUNCT, _BLIP_PUNCT
 
 # Per family: (max question words, weight of a VG answer, text appended to each answer).
@@ -83,12 +83,13 @@ class VqaDataset(Dataset):
 
     A sample: ``image`` (the ``transform`` output), ``question`` (cleaned as ``family``'s
     ``pre_question``), and ``answers`` / ``weights`` (train) or ``question_id`` and, if present,
-    ``gt_answers`` (test). An unreadable image gives a :class:`Skipped` (the collate drops it).
+    ``gt_answers`` (test). An unreadable image, or a path that resolves outside its root (unless
+    ``allow_outside_root``), gives a :class:`Skipped` (the collate drops it).
     """
 
     def __init__(self, ann_files: str | os.PathLike | Sequence[str | os.PathLike], vqa_root: str | os.PathLike,
                  vg_root: str | os.PathLike | None = None, transform=None, split: str = "train",
-                 family: str = "blip") -> None:
+                 family: str = "blip", allow_outside_root: bool = False) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if family not in _FAMILY:
@@ -98,6 +99,8 @@ class VqaDataset(Dataset):
         for f in files:
             self.annotation += json.loads(Path(f).read_text(encoding="utf-8"))
         self.roots = {"vqa": vqa_root, "vg": vg_root if vg_root is not None else vqa_root}
+        self._real_roots = {k: os.path.realpath(v) for k, v in self.roots.items()}
+        self.allow_outside_root = allow_outside_root
         self.transform, self.split, self.family = transform, split, family
 
     def __len__(self) -> int:
@@ -106,7 +109,7 @@ class VqaDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
         ann = self.annotation[index]
         source = ann.get("dataset", "vqa")
-        image = load_image(Path(self.roots[source]) / ann["image"])
+        image = read_image(self.roots[source], ann["image"], self.allow_outside_root, self._real_roots[source])
         if isinstance(image, Skipped):
             return image
         sample: dict[str, Any] = {"image": self.transform(image) if self.transform else image,

@@ -73,7 +73,8 @@ def build_vqa_data(cfg, model, tokenizer, split: str = "train"):
         transform = TrainTransform(size, family=family, flip="random", randaugment=cfg.randaugment) if train \
             else eval_transform(size)
         dataset = VqaDataset(files, cfg.image_root or str(Path(files[0]).parent), opts.pop("vg_root", None),
-                             transform=transform, split="train" if train else "test", family=family)
+                             transform=transform, split="train" if train else "test", family=family,
+                             allow_outside_root=cfg.allow_outside_root)
     # BLIP truncates questions at 35 tokens; ALBEF pads to the longest without truncation.
     return dataset, VqaCollator(tokenizer, max_question_len=35 if family == "blip" else None)
 

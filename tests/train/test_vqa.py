@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from blipx.data import eval_transform
 from blipx.data.shapes_vqa import ANSWERS, ShapesVqaDataset, make_question
+from blipx.data.images import OUTSIDE_ROOT
 from blipx.data.vqa import VqaCollator, VqaDataset, answer_weights, pre_question
 from blipx.evaluation.vqa import predict_answers
 from blipx.models import create_model
@@ -56,6 +57,14 @@ def test_vqa_json_dataset_and_collate(tmp_path, family):
     assert batch["answer_ids"][0, :3].tolist() == [101, red, 102]  # [CLS] red [SEP] in both families
     q_last = batch["input_ids"][0, batch["attention_mask"][0].sum() - 1].item()
     assert (q_last == 102) == (family == "blip")  # ALBEF questions have no [SEP]
+    # Annotation files come from the web: a path out of the image root is refused unless allowed.
+    (tmp_path / "root").mkdir()
+    outside = [dict(ann[0], image="../a.png"), dict(ann[0], image=str(tmp_path / "a.png"))]
+    (tmp_path / "out.json").write_text(json.dumps(outside))
+    refused = VqaDataset(tmp_path / "out.json", tmp_path / "root", family=family)
+    assert [refused[i].reason for i in range(2)] == [OUTSIDE_ROOT, OUTSIDE_ROOT]
+    opted_in = VqaDataset(tmp_path / "out.json", tmp_path / "root", family=family, allow_outside_root=True)
+    assert all(isinstance(opted_in[i]["image"], Image.Image) for i in range(2))
 
 
 def test_shapes_questions_are_answerable():
