@@ -48,6 +48,8 @@ def finetune(args: argparse.Namespace, task: str, data: str, recipe: dict[str, A
     from blipx.train.run import build_data, build_model, build_task
     from blipx.train.trainer import Trainer
 
+    if not Path(args.init).exists():  # one line, not a traceback: the usual first mistake
+        raise SystemExit(f"--init: no such model folder {args.init!r} (`blipx demo` writes runs/demo/model)")
     torch.manual_seed(args.seed)
     family = read_checkpoint(args.init).config.family
     settings = {k: v for k, v in recipe.items() if k != "batch_size"}

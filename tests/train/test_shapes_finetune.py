@@ -15,6 +15,13 @@ def init(tmp_path_factory):
     return d
 
 
+def test_shapes_finetune_refuses_a_missing_init_in_one_line(tmp_path):
+    from blipx.train.shapes_nlvr import main
+
+    with pytest.raises(SystemExit, match="--init: no such model folder .*blipx demo"):
+        main(["--init", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+
+
 @pytest.mark.parametrize("name", ["shapes_vqa", "shapes_nlvr", "shapes_ve", "shapes_grounding"])
 def test_shapes_finetune_command_writes_its_summary(init, tmp_path, name):
     import importlib
