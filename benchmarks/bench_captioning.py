@@ -1,5 +1,5 @@
 """End-to-end captioning: blipx ``BlipCaptioner.generate`` vs HF ``BlipForConditionalGeneration.generate``
-on the same random weights (BLIP-base at 384 px; ``--quick``: the tiny test config at 32 px).
+on the same random weights (BLIP-base at 384 px, fp16 on CUDA; ``--quick``: the tiny test config at 32 px).
 
 Modes: greedy, beam search (3 beams), nucleus sampling (top_p 0.9, top_k 0); every row is forced
 to produce ``NEW_TOKENS`` tokens (min_length = max_length), so both sides run the same number of
@@ -58,7 +58,8 @@ def build_pair(quick: bool, device: torch.device, dtype: torch.dtype):
 
 def run(quick: bool = False, device: str | None = None) -> tuple[list[dict], list[str]]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    # fp16 on CUDA: the dtype of the H100 anchors (shared/reference/anchors-h100.md) and of issue #18
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
     hf, ours = build_pair(quick, dev, dtype)
     size = ours.config.vision.image_size
     batches = [4] if quick else ([32, 1] if dev.type == "cuda" else [1])

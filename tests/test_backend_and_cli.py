@@ -111,3 +111,16 @@ def test_missing_model_path_is_one_message_not_a_traceback(tmp_path, capsys, mon
     assert main(["eval", "retrieval", "--model", "runs/nope", "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("blipx eval: no such checkpoint file or directory: runs/nope") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("target", ["vqa", "nlvr2", "ve", "grounding", "video-retrieval"])
+def test_missing_model_path_of_an_eval_target_is_one_message(target, tmp_path, capsys, monkeypatch):
+    import sys as _sys
+
+    from blipx.cli import main
+
+    monkeypatch.setitem(_sys.modules, "huggingface_hub", None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", target, "--model", "runs/nope", "--device", "cpu", "--num-samples", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"blipx eval {target}: no such checkpoint file or directory: runs/nope"), err

@@ -32,10 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_TARGETS:
         return importlib.import_module(f"blipx.cli.{EVAL_TARGETS[argv[1]]}").main(argv[2:])
     args = build_parser().parse_args(argv)
-    from blipx.weights.io import CheckpointError
+    from blipx.cli._common import run_reporting
 
-    try:
-        return args.func(args)
-    except (FileNotFoundError, CheckpointError) as e:  # a bad path or file: its message, not a traceback
-        print(f"blipx {args.command}: {e}", file=sys.stderr)
-        return 1
+    return run_reporting(f"blipx {args.command}", args.func, args)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from collections.abc import Callable
 
 
 def resolve_device(device: str) -> str:
@@ -45,3 +47,30 @@ def probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
     return value
+
+
+def run_reporting(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+                  also: tuple[type[BaseException], ...] = ()) -> int:
+    """``run(args)``; a bad path or checkpoint (and any of ``also``) is one line ``<prog>: <message>``
+    on stderr and exit code 1, not a traceback: every subcommand ends through here."""
+    from blipx.weights.io import CheckpointError
+
+    try:
+        return run(args)
+    except (FileNotFoundError, CheckpointError, *also) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+
+
+def add_eval_arguments(p: argparse.ArgumentParser, *, model: str, data: str, data_help: str,
+                       image_root_help: str | None, shapes: str, batch_size: int) -> None:
+    """The options ``blipx eval vqa|nlvr2|ve|grounding`` share: ``--model`` (help ``model``),
+    ``--data`` (default ``data``), ``--image-root``, ``--num-samples``, ``--max-objects`` (for the
+    synthetic ``shapes`` data), ``--batch-size`` and ``--device``."""
+    p.add_argument("--model", required=True, help=model)
+    p.add_argument("--data", default=data, help=data_help)
+    p.add_argument("--image-root", default=None, help=image_root_help)
+    p.add_argument("--num-samples", type=positive_int, default=None)
+    p.add_argument("--max-objects", type=positive_int, default=None, help=f"{shapes} only: shapes per scene")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--device", default="auto")

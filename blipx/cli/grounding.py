@@ -8,25 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from blipx.cli._common import non_negative_int, positive_int, resolve_device
+from blipx.cli._common import add_eval_arguments, non_negative_int, resolve_device, run_reporting
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a saved retrieval / pretraining model folder, or an official .pth")
-    p.add_argument("--data", default="shapes_grounding",
-                   help="'shapes_grounding' or RefCOCO+ test-format file(s), comma-separated "
-                        "(refcoco+_val.json,refcoco+_test.json)")
-    p.add_argument("--image-root", default=None, help="RefCOCO+: the COCO image folder")
+    add_eval_arguments(p, model="a saved retrieval / pretraining model folder, or an official .pth",
+                       data="shapes_grounding", data_help="'shapes_grounding' or RefCOCO+ test-format file(s), "
+                       "comma-separated (refcoco+_val.json,refcoco+_test.json)",
+                       image_root_help="RefCOCO+: the COCO image folder", shapes="shapes_grounding", batch_size=32)
     p.add_argument("--refcoco-data", default=None, help="RefCOCO+: the REFER data folder (holds refcoco+/)")
     p.add_argument("--det-file", default=None, help="RefCOCO+: dets.json (candidate boxes per image)")
     p.add_argument("--dataset", default="refcoco+")
     p.add_argument("--split-by", default="unc")
     p.add_argument("--layer", type=non_negative_int, default=None,
                    help="text-encoder layer whose cross-attention is read (ALBEF 8, BLIP 7, clipped to the depth)")
-    p.add_argument("--num-samples", type=positive_int, default=None)
-    p.add_argument("--max-objects", type=positive_int, default=None, help="shapes only: up to this many shapes")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", default="auto")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.data != "shapes_grounding" and not (args.refcoco_data and args.det_file):
         p.error("RefCOCO+ evaluation needs --refcoco-data and --det-file")
-    return run(args)
+    return run_reporting(p.prog, run, args)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from blipx.cli._common import positive_int, resolve_device
+from blipx.cli._common import add_eval_arguments, resolve_device, run_reporting
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a saved NLVR (or pretraining) model folder, or an official .pth")
-    p.add_argument("--data", default="shapes_nlvr", help="'shapes_nlvr' or an official NLVR2 JSON file")
-    p.add_argument("--image-root", default=None, help="folder the file's image paths are relative to")
-    p.add_argument("--num-samples", type=positive_int, default=None)
-    p.add_argument("--max-objects", type=positive_int, default=None, help="shapes_nlvr only: shapes per scene")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", default="auto")
+    add_eval_arguments(p, model="a saved NLVR (or pretraining) model folder, or an official .pth",
+                       data="shapes_nlvr", data_help="'shapes_nlvr' or an official NLVR2 JSON file",
+                       image_root_help="folder the file's image paths are relative to", shapes="shapes_nlvr",
+                       batch_size=32)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,14 +30,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="blipx eval nlvr2", description=__doc__.split("\n")[0])
     add_arguments(p)
-    args = p.parse_args(argv)
-    from blipx.weights.io import CheckpointError
-
-    try:
-        return run(args)
-    except (FileNotFoundError, CheckpointError) as e:  # a bad path or file: its message, not a traceback
-        print(f"blipx eval nlvr2: {e}", file=sys.stderr)
-        return 1
+    return run_reporting(p.prog, run, p.parse_args(argv))
 
 
 if __name__ == "__main__":

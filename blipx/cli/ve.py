@@ -7,18 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from blipx.cli._common import positive_int, resolve_device
+from blipx.cli._common import add_eval_arguments, resolve_device, run_reporting
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a saved VE (or pretraining) model folder, or an official .pth")
-    p.add_argument("--data", default="shapes_ve",
-                   help="'shapes_ve' or official SNLI-VE JSON file(s), comma-separated (ve_test.json)")
-    p.add_argument("--image-root", default=None, help="where <image>.jpg lives (default: the JSON's folder)")
-    p.add_argument("--num-samples", type=positive_int, default=None)
-    p.add_argument("--max-objects", type=positive_int, default=None, help="shapes_ve only: shapes per scene")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
+    add_eval_arguments(p, model="a saved VE (or pretraining) model folder, or an official .pth", data="shapes_ve",
+                       data_help="'shapes_ve' or official SNLI-VE JSON file(s), comma-separated (ve_test.json)",
+                       image_root_help="where <image>.jpg lives (default: the JSON's folder)", shapes="shapes_ve",
+                       batch_size=64)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="blipx eval ve", description=__doc__.split("\n")[0])
     add_arguments(p)
-    return run(p.parse_args(argv))
+    return run_reporting(p.prog, run, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from blipx.cli._common import non_negative_int, positive_int, resolve_device
+from blipx.cli._common import non_negative_int, positive_int, resolve_device, run_reporting
 
 # Settings a --config YAML may hold (configs/eval/blip_video_retrieval_msrvtt.yaml): the option names.
 CONFIG_KEYS = ("model", "data", "video_root", "num_frames", "k_test", "image_size", "batch_size", "split",
@@ -84,13 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"{args.config}: {key} must be an integer >= 1, got {value!r}")
     if not args.model:
         p.error("--model is required (or `model:` in --config)")
-    from blipx.weights.io import CheckpointError
-
-    try:
-        return run(args)
-    except (FileNotFoundError, CheckpointError, ImportError) as e:  # a bad path or file: its message, no traceback
-        print(f"blipx eval video-retrieval: {e}", file=sys.stderr)
-        return 1
+    return run_reporting(p.prog, run, args, also=(ImportError,))  # ImportError: no PyAV for video files
 
 
 if __name__ == "__main__":

@@ -7,23 +7,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from blipx.cli._common import positive_int, resolve_device
+from blipx.cli._common import add_eval_arguments, positive_int, resolve_device, run_reporting
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a saved VQA (or pretraining) model folder, HF dir or .pth")
-    p.add_argument("--data", default="shapes_vqa", help="'shapes_vqa' or an official test-format JSON file")
-    p.add_argument("--image-root", default=None)
+    add_eval_arguments(p, model="a saved VQA (or pretraining) model folder, HF dir or .pth", data="shapes_vqa",
+                       data_help="'shapes_vqa' or an official test-format JSON file", image_root_help=None,
+                       shapes="shapes_vqa", batch_size=32)
     p.add_argument("--answer-list", default=None, help="official answer_list.json (ranking; shapes_vqa has its own)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--rank", dest="mode", action="store_const", const="rank", help="rank the answer list (default)")
     mode.add_argument("--generate", dest="mode", action="store_const", const="generate", help="beam-search answers")
     p.set_defaults(mode="rank")
     p.add_argument("--k-test", type=positive_int, default=128, help="first-token top-k re-ranked (official 128)")
-    p.add_argument("--num-samples", type=positive_int, default=None)
-    p.add_argument("--max-objects", type=positive_int, default=None, help="shapes_vqa only: shapes per scene")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", default="auto")
     p.add_argument("--results", default=None, help="write [{question_id, answer}] here (server format)")
 
 
@@ -41,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="blipx eval vqa", description=__doc__.split("\n")[0])
     add_arguments(p)
-    return run(p.parse_args(argv))
+    return run_reporting(p.prog, run, p.parse_args(argv))
 
 
 if __name__ == "__main__":
