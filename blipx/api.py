@@ -29,15 +29,23 @@ Python lists; device results are copied to the host once, after the batch loop.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from blipx.inputs import (
+    as_images,
+    as_texts,
+    check_dtype_on_device,
+    check_positive_int,
+    image_for_processor,
+    resolve_device,
+    resolve_dtype,
+)
+from blipx.tokenizer import decode_ids
 from blipx.weights.io import CheckpointError
 
 TASKS = ("captioner", "retriever", "vqa")
@@ -49,9 +57,6 @@ QUESTION_MAX_LEN = {"blip": 35, "albef": None}  # blipx.data.vqa.VqaCollator: BL
 TEXT_MAX_WORDS = 30  # pre_caption of retrieval texts (the official retrieval datasets' max_words)
 PROGRESS_AFTER = 3  # batches: a bar appears for longer runs only
 ITM_ROWS = 256  # (image, text) pairs per ITM forward in grids and re-ranking
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16, "half": torch.float16}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 # What each model needs from a checkpoint, for the error of one that cannot serve a method.
 _NEEDS = {
@@ -65,173 +70,6 @@ _METHOD_TASK = {"caption": "captioner", "answer": "vqa", "match": "retriever", "
 # mean something else: a VQA answer decoder cross-attends to question states, not to the image.
 _WRONG_SOURCE = {"captioner": {"BlipVqa", "AlbefVqa"}}
 _VQA_SOURCES = {"BlipVqa", "AlbefVqa", "BlipForQuestionAnswering"}
-
-
-# -- argument resolution ----------------------------------------------------------------------------
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``None``/"fp32" -> float32, "bf16" -> bfloat16, "fp16" -> float16 (or the torch dtype)."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype must be fp32, bf16 or fp16, got {dtype}")
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise ValueError(f"dtype must be 'fp32', 'bf16', 'fp16' or a torch dtype, got {dtype!r}")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU; a CUDA device without CUDA is refused."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r}, but torch sees no CUDA device; use device='cpu'")
-    return dev
-
-
-def _check_dtype_on_device(dtype: torch.dtype, device: torch.device) -> None:
-    """fp16 on CPU runs when this torch build has the half-precision CPU kernels the models use
-    (matmul, layer norm, GELU, softmax; torch >= 2.1 has them, and blipx's ops dispatch Half);
-    an older build would fail mid-forward with "not implemented for 'Half'", so try them once."""
-    if device.type != "cpu" or dtype != torch.float16:
-        return
-    try:
-        x = torch.randn(2, 8, dtype=dtype)
-        torch.nn.functional.layer_norm(x, (8,))
-        torch.nn.functional.gelu(x @ x.t()).softmax(-1)
-        torch.nn.functional.linear(x, x)
-    except RuntimeError as e:
-        raise ValueError(f"dtype='fp16' on CPU: this torch build lacks half-precision CPU kernels ({e}); "
-                         "use dtype='bf16' or 'fp32' on CPU") from e
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def as_texts(texts: Any, name: str = "texts") -> list[str]:
-    """A string or a sequence of strings -> a list (anything else is a TypeError naming ``name``)."""
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, Sequence) and all(isinstance(t, str) for t in texts):
-        return list(texts)
-    raise TypeError(f"{name} must be a string or a list of strings, got {type(texts).__name__}")
-
-
-# -- images -----------------------------------------------------------------------------------------
-
-
-def as_images(images: Any, name: str = "images") -> list[Any]:
-    """One image or a collection -> a flat list of single images (decoded later, per batch): a
-    [B, C, H, W] tensor or a [B, H, W, C] array is B images."""
-    import numpy as np
-    from PIL import Image
-
-    single = (str, os.PathLike, Image.Image)
-    if isinstance(images, single):
-        return [images]
-    if isinstance(images, torch.Tensor):
-        return list(images) if images.dim() == 4 else [images]
-    if isinstance(images, np.ndarray):
-        return list(images) if images.ndim == 4 else [images]
-    if isinstance(images, (list, tuple)):
-        out: list[Any] = []
-        for im in images:
-            if isinstance(im, torch.Tensor) and im.dim() == 4 or isinstance(im, np.ndarray) and im.ndim == 4:
-                out.extend(list(im))
-            else:
-                out.append(im)
-        return out
-    raise TypeError(f"{name} must be an image (PIL image, path, numpy array or tensor) or a list of them, "
-                    f"got {type(images).__name__}")
-
-
-def _to_uint8(x, where: str):
-    """Float pixels in [0, 1] -> uint8 (round to nearest); out of range or non-finite is refused:
-    normalised pixel values would otherwise be read as a different image."""
-    import numpy as np
-
-    is_tensor = isinstance(x, torch.Tensor)
-    empty = (x.numel() if is_tensor else x.size) == 0
-    lo, hi = (0.0, 0.0) if empty else (float(x.min()), float(x.max()))  # host data: no device sync
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo >= 0.0 and hi <= 1.0):
-        raise ValueError(f"{where}: a float image must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}] "
-                         "(pass raw images, not normalised pixel values)")
-    if is_tensor:
-        return x.float().mul(255.0).round_().to(torch.uint8)
-    return np.rint(x.astype(np.float32) * 255.0).astype(np.uint8)
-
-
-def image_for_processor(img: Any, where: str = "image"):
-    """One image -> what :class:`blipx.data.ImageProcessor` takes (a PIL image or a uint8
-    [3, H, W] CPU tensor). A path is read with :func:`blipx.data.load_image` (an unreadable file
-    is a ValueError naming it); numpy arrays become PIL images, so an array decoded from a file
-    gives that file's pixels."""
-    import numpy as np
-    from PIL import Image
-
-    from blipx.data.images import Skipped, load_image
-
-    if isinstance(img, Image.Image):
-        return img
-    if isinstance(img, (str, os.PathLike)):
-        out = load_image(img)
-        if isinstance(out, Skipped):
-            raise ValueError(f"{where}: cannot read {os.fspath(img)} ({out.reason}: {out.detail})")
-        return out
-    if isinstance(img, np.ndarray):
-        if img.ndim == 3 and img.shape[2] == 1:
-            img = img[:, :, 0]
-        if not (img.ndim == 2 or img.ndim == 3 and img.shape[2] in (3, 4)):
-            raise ValueError(f"{where}: a numpy image must be [H, W] or [H, W, C] with C in 1, 3, 4, "
-                             f"got shape {img.shape}")
-        if np.issubdtype(img.dtype, np.floating):
-            img = _to_uint8(img, where)
-        elif img.dtype != np.uint8:
-            raise TypeError(f"{where}: a numpy image must be uint8 or float in [0, 1], got {img.dtype}")
-        return Image.fromarray(np.ascontiguousarray(img))
-    if isinstance(img, torch.Tensor):
-        if img.dim() != 3 or img.shape[0] not in (1, 3):
-            hint = " (an [H, W, C] image? use .permute(2, 0, 1))" if img.dim() == 3 and img.shape[-1] in (1, 3) else ""
-            raise ValueError(f"{where}: a tensor image must be [C, H, W] or [B, C, H, W] with C = 1 or 3, "
-                             f"got shape {tuple(img.shape)}{hint}")
-        # The processor resizes on the host (PIL / torchvision CPU kernels), so a device tensor is
-        # copied here: input preparation, not the model's batch loop.
-        img = img.detach().cpu()
-        if img.is_floating_point():
-            img = _to_uint8(img, where)
-        elif img.dtype != torch.uint8:
-            raise TypeError(f"{where}: a tensor image must be uint8 or float in [0, 1], got {img.dtype}")
-        return img.expand(3, -1, -1) if img.shape[0] == 1 else img
-    raise TypeError(f"{where}: expected a PIL image, a path, a numpy array or a tensor, got {type(img).__name__}")
-
-
-def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders searched recursively for image files; glob patterns expanded
-    (``photos/**/*.jpg``); each sorted. A pattern that matches nothing is kept as given, so the
-    caller reports it as a missing file."""
-    import glob
-
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
-        elif not p.exists() and glob.has_magic(str(item)):
-            hits = sorted(Path(h) for h in glob.glob(str(item), recursive=True) if Path(h).is_file())
-            out.extend(hits or [p])
-        else:
-            out.append(p)
-    return out
 
 
 # -- the pipeline -----------------------------------------------------------------------------------
@@ -258,8 +96,8 @@ class Pipeline:
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
-        _check_dtype_on_device(self.dtype, self.device)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        check_dtype_on_device(self.dtype, self.device)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         if task is not None and task not in TASKS:
             raise ValueError(f"task must be one of {TASKS} or None, got {task!r}")
         # A missing local path fails here; a hub id is fetched once (every model loads from here).
@@ -358,7 +196,7 @@ class Pipeline:
     def _starts(self, n: int, batch_size: int | None, desc: str, progress: bool | None) -> Iterator[tuple[int, int]]:
         """(start, stop) of each batch of ``n`` items, with a tqdm bar past PROGRESS_AFTER batches
         (``progress`` True/False forces it on/off)."""
-        bs = self.batch_size if batch_size is None else _positive_int("batch_size", batch_size)
+        bs = self.batch_size if batch_size is None else check_positive_int("batch_size", batch_size)
         spans = [(s, min(n, s + bs)) for s in range(0, n, bs)]
         bar = None
         if progress or progress is None and len(spans) > PROGRESS_AFTER:
@@ -456,7 +294,7 @@ class Pipeline:
         temperature / top-k / top-p, which shape the draw but not how likely the caption is).
         """
         model = self.model("captioner", "caption")
-        n = _positive_int("num_captions", num_captions)
+        n = check_positive_int("num_captions", num_captions)
         for bad in ("num_return_sequences", "return_dict", "output_scores"):
             if bad in generate_kwargs:
                 raise TypeError(f"caption(): {bad} is set by caption() itself (use num_captions= / return_scores=)")
@@ -483,7 +321,7 @@ class Pipeline:
                                                   kw.get("length_penalty", 1.0), t.sep_token_id))
         # Host copies, once, after the loop (the tokenizer needs Python ints).
         tok = self._tokenizer("blip")
-        texts = [c for s in seqs for c in tok.batch_decode(s.tolist(), skip_special_tokens=True)]
+        texts = [c for s in seqs for c in decode_ids(tok, s)]
         caps: list = texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
         if not return_scores:
             return caps
@@ -523,7 +361,7 @@ class Pipeline:
             if generate_kwargs:
                 raise TypeError(f"answer(): decoding settings {sorted(generate_kwargs)} do not apply when "
                                 "ranking answers=")
-            _positive_int("k_test", k_test)
+            check_positive_int("k_test", k_test)
             cand_ids, cand_mask = (x.to(self.device) for x in tokenize_answers(tok, answers, fam))
         for bad in ("num_return_sequences", "return_dict", "output_scores"):
             if bad in generate_kwargs:
@@ -560,7 +398,7 @@ class Pipeline:
         if rank:
             out_answers = [answers[i] for p in picks for i in p.tolist()]
         else:
-            out_answers = [a.strip() for s in seqs for a in tok.batch_decode(s.tolist(), skip_special_tokens=True)]
+            out_answers = [a.strip() for s in seqs for a in decode_ids(tok, s)]
         if not return_scores:
             return out_answers
         return out_answers, (torch.cat(scores).float().cpu() if scores else torch.zeros(0))
@@ -675,7 +513,7 @@ class Pipeline:
             raise ValueError("classify(): labels must be a non-empty list of class names")
         if not isinstance(template, str) or "{}" not in template:
             raise ValueError(f"classify(): template must be a string with a '{{}}' for the label, got {template!r}")
-        _positive_int("rerank_k", rerank_k)
+        check_positive_int("rerank_k", rerank_k)
         model = self.model("retriever", "classify")
         enc = self._encode_texts(model, [template.format(label) for label in labels])
         c = len(labels)
@@ -732,5 +570,4 @@ def sequence_scores(decoder, encoder_states: torch.Tensor, encoder_mask: torch.T
     return (logp * valid).sum(dim=1) / length.pow(float(length_penalty))
 
 
-__all__ = ["ANSWER_DEFAULTS", "CAPTION_DEFAULTS", "IMAGE_SUFFIXES", "Pipeline", "as_images", "as_texts",
-           "collect_images", "image_for_processor", "load", "resolve_device", "resolve_dtype", "sequence_scores"]
+__all__ = ["ANSWER_DEFAULTS", "CAPTION_DEFAULTS", "Pipeline", "load", "sequence_scores"]

@@ -1,6 +1,6 @@
 """Former home of the file helpers of ``blipx caption``; the one implementation is now
-:mod:`blipx.api` (kept so ``from blipx.inference import IMAGE_SUFFIXES, collect_images`` works)."""
+:mod:`blipx.inputs` (kept so ``from blipx.inference import IMAGE_SUFFIXES, collect_images`` works)."""
 
-from blipx.api import IMAGE_SUFFIXES, collect_images
+from blipx.inputs import IMAGE_SUFFIXES, collect_images
 
 __all__ = ["IMAGE_SUFFIXES", "collect_images"]

@@ -78,3 +78,12 @@ def tokenizer_for(family: str, vocab_file: str | os.PathLike | None = None):
     if family == "albef":
         return albef_tokenizer(vocab_file)
     raise ValueError(f"family must be 'blip' or 'albef', got {family!r}")
+
+
+def decode_ids(tokenizer, ids) -> list[str]:
+    """Rows of token ids (a [N, L] tensor or a list of id lists) as N strings, special tokens
+    dropped: ``batch_decode`` except that no rows give ``[]`` (transformers 5.17's
+    ``batch_decode([])`` reads the empty list as one empty sequence and returns ``['']``).
+    A tensor is copied to the host once here: call it on finished ids, not inside a decode loop."""
+    rows = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    return tokenizer.batch_decode(rows, skip_special_tokens=True) if rows else []

@@ -95,3 +95,19 @@ def test_albef_paths_tokenize_as_albef():
     enc = encode_for_retrieval(model, torch.randn(1, 3, 32, 32), ["a dog"])
     ids = enc["input_ids"].tolist()[0]
     assert ids[:3] == [101, 1037, 3899] and set(ids[3:]) == {0}  # [CLS] a dog, then padding: no [SEP]
+
+
+def test_decode_ids_of_no_rows_is_an_empty_list():
+    """transformers 5.17's ``batch_decode([])`` returns ``['']`` (an empty list read as one empty
+    sequence); decode_ids must give [] for zero rows whatever the tokenizer does with them."""
+    from blipx.tokenizer import blip_tokenizer, decode_ids
+
+    class Old:  # the 5.17 behaviour, on any installed transformers
+        def batch_decode(self, rows, skip_special_tokens=False):
+            return [""] if rows == [] else blip_tokenizer().batch_decode(rows, skip_special_tokens=True)
+
+    assert decode_ids(Old(), torch.zeros(0, 4, dtype=torch.long)) == []
+    assert decode_ids(Old(), []) == []
+    tok = blip_tokenizer()
+    ids = torch.tensor(tok(["a red circle", "two squares"], padding=True).input_ids)
+    assert decode_ids(Old(), ids) == decode_ids(tok, ids) == ["a red circle", "two squares"]

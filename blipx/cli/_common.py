@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 def resolve_device(device: str) -> str:
     """"auto" -> "cuda" when a GPU is visible, else "cpu"; a CUDA device without CUDA is refused
-    (:func:`blipx.api.resolve_device`, as a string for the library calls)."""
-    from blipx.api import resolve_device as resolve
+    (:func:`blipx.inputs.resolve_device`, as a string for the library calls)."""
+    from blipx.inputs import resolve_device as resolve
 
     return str(resolve(device))
 

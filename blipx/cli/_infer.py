@@ -92,7 +92,7 @@ def read_inputs(inputs: Sequence[str], image_root: str | None = None) -> list[di
     """One record per image: ``{"image": <as given>, ...}`` with the file to read under
     ``"_path"``; a JSONL line that is not a record with an ``"image"`` string is an error row
     (``"bad_record"``) named ``file:line``."""
-    from blipx.api import collect_images
+    from blipx.inputs import collect_images
 
     records: list[dict[str, Any]] = []
     for item in inputs:

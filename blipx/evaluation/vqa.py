@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from blipx.tokenizer import decode_ids
+
 # Tables of salesforce/ALBEF vqaTools/vqaEval.py.
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -165,7 +167,7 @@ def predict_answers(model, loader: Iterable[dict[str, Any]], tokenizer, *, answe
             pad = {"mask_question_padding": True} if model.family == "blip" else {}
             gen = model.generate(px, ids, mask, num_beams=num_beams, max_length=max_length, min_length=min_length,
                                  **pad)
-            answers = [a.strip() for a in tokenizer.batch_decode(gen.tolist(), skip_special_tokens=True)]
+            answers = [a.strip() for a in decode_ids(tokenizer, gen)]
         out["answers"] += answers
         out["question_ids"] += list(batch.get("question_ids", [None] * len(answers)))
         out["gt_answers"] += list(batch.get("gt_answers", [None] * len(answers)))

@@ -17,6 +17,7 @@ from blipx.models.base import BlipxModel
 from blipx.models.config import ModelConfig
 from blipx.models.contrastive import ContrastiveHeadsMixin
 from blipx.models.outputs import CaptionerOutput, PretrainOutput, RetrieverOutput
+from blipx.tokenizer import decode_ids
 
 if TYPE_CHECKING:
     from blipx.generation import GenerateOutput
@@ -164,7 +165,7 @@ class BlipCaptioner(BlipxModel):
         ids = self.generate(pixel_values, prompt, **kw)
         p = decoder_prompt(prompt, pixel_values.shape[0], self.config.text.bos_token_id, ids.device).shape[1]
         # Host copy of the finished ids, once per call, for the tokenizer (outside the decode loop).
-        return _tokenizer().batch_decode(ids[:, p:].tolist(), skip_special_tokens=True)
+        return decode_ids(_tokenizer(), ids[:, p:])
 
 
 class BlipRetriever(ContrastiveHeadsMixin, BlipxModel):

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from blipx.layers.attention import _QKV, cross_attention, merge_heads, split_heads
-from blipx.layers.bert import BertLayer, BertModel
+from blipx.layers.bert import BertModel
 from blipx.layers.configs import TextConfig
 from blipx.layers.vit import VisionTransformer
 from blipx.models.base import BlipxModel, Checkpoint

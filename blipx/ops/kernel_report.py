@@ -472,11 +472,11 @@ def split_kernel_name(demangled: str) -> tuple[str, tuple[str, ...]]:
     s = demangled.strip()
     if s.startswith("void "):
         s = s[5:]
-    depth, start, name_end, args, cur = 0, None, None, [], []
+    depth, name_end, args, cur = 0, None, [], []
     for i, ch in enumerate(s):
         if ch == "<":
             if depth == 0 and name_end is None:
-                name_end, start = i, i + 1
+                name_end = i
             elif depth > 0:
                 cur.append(ch)
             depth += 1

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from blipx.data.images import MAX_PIXELS, TOO_LARGE, Skipped, decode_image, load_image, resolve_image_path
-from blipx.inference import IMAGE_SUFFIXES
+from blipx.inputs import IMAGE_SUFFIXES
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # one uploaded image file (a phone photo is 2-5 MB)
 

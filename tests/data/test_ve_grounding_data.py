@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from blipx.data.grounding import GroundingDataset, Refer, load_detections, load_refs_pickle
-from blipx.data.shapes import COLORS, POSITIONS, SHAPES, ShapesDataset
+from blipx.data.shapes import COLORS, SHAPES, ShapesDataset
 from blipx.data.shapes_grounding import ShapesGroundingDataset, referring_expressions
 from blipx.data.shapes_ve import COVER, ShapesVeDataset
 from blipx.data.ve import LABELS, VeCollator, VeDataset

@@ -10,7 +10,7 @@ import collections
 import pytest
 import torch
 
-from blipx.models import (AlbefNlvr, AlbefNlvrPretrainer, AlbefPretrainer, BlipNlvr, BlipPretrainer, create_model,
+from blipx.models import (AlbefNlvr, AlbefNlvrPretrainer, BlipNlvr, create_model,
                           from_pretrained)
 from blipx.models.albef_nlvr import nlvr_state_dict_from_pretrain
 from blipx.models.blip_nlvr import twin_cross_attention_keys

@@ -239,8 +239,13 @@ def test_opcheck(device):
     op = torch.ops.blipx.sample_tokens.default
     torch.library.opcheck(op, (x, 0.0))
     torch.library.opcheck(op, (x, 1.0, 1, 1.0))
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")  # all
+    if torch.torch_version.TorchVersion(torch.__version__) < (2, 14):
+        # torch 2.11's AOT dispatch cannot take a Generator argument ("test_aot_dispatch_dynamic
+        # failed with argument of type: <class 'torch._C.Generator'>"); 2.14 can. 2.12/2.13 not tried.
+        utils = tuple(u for u in utils if u != "test_aot_dispatch_dynamic")
     torch.library.opcheck(op, (x.t().contiguous().t(), 0.5, 0, 0.0, torch.full((5,), 0.5, device=device),
-                               torch.ones(5, dtype=torch.long, device=device), None, gen(device)))
+                               torch.ones(5, dtype=torch.long, device=device), None, gen(device)), test_utils=utils)
 
 
 @pytest.mark.parametrize("device", DEVICES)

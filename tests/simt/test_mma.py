@@ -131,7 +131,7 @@ def check_forward(q, k, v, mask, scale=None):
     e, e_ref = err(out, truth), err(low, truth)
     assert torch.isfinite(out).all()
     assert e <= 2 * e_ref + 1e-4, f"out: kernel error {e:.3g} > 2 x reference error {e_ref:.3g}"
-    b, g = k.shape[0], q.shape[0] // k.shape[0]
+    g = q.shape[0] // k.shape[0]
     s = q.double() @ k.double().repeat_interleave(g, 0).transpose(-1, -2) * scale
     if mask is not None:
         s = s.masked_fill(mask.repeat_interleave(g, 0)[:, None, None, :], -math.inf)
