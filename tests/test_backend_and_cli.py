@@ -124,3 +124,16 @@ def test_missing_model_path_of_an_eval_target_is_one_message(target, tmp_path, c
     assert main(["eval", target, "--model", "runs/nope", "--device", "cpu", "--num-samples", "2"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"blipx eval {target}: no such checkpoint file or directory: runs/nope"), err
+
+
+def test_a_closed_output_pipe_is_no_traceback():
+    """`blipx info | head -1`: the reader may leave before the command has written; that ends the
+    command (exit 1) without a BrokenPipeError traceback, also at interpreter exit."""
+    import subprocess
+    import sys as _sys
+
+    proc = subprocess.Popen([_sys.executable, "-m", "blipx", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before blipx has imported torch, so its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

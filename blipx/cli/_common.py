@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 
@@ -57,6 +58,9 @@ def run_reporting(prog: str, run: Callable[[argparse.Namespace], int], args: arg
 
     try:
         return run(args)
+    except BrokenPipeError:  # `blipx info | head`: the reader left; no traceback (Python's signal docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
+        return 1
     except (FileNotFoundError, CheckpointError, *also) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
