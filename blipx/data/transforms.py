@@ -54,7 +54,8 @@ class OfficialRandAugment(v2.RandAugment):
     def __init__(self, num_ops: int = 2, magnitude: int = 5, prob: float = 0.5) -> None:
         if not 0 <= magnitude <= _MAX_LEVEL:
             raise ValueError(f"magnitude must be in [0, {_MAX_LEVEL}], got {magnitude}")
-        super().__init__(num_ops, magnitude, num_magnitude_bins=_MAX_LEVEL + 1, interpolation=InterpolationMode.BILINEAR, fill=_FILL)
+        super().__init__(num_ops, magnitude, num_magnitude_bins=_MAX_LEVEL + 1,
+                         interpolation=InterpolationMode.BILINEAR, fill=_FILL)  # torchvision 0.26 takes no string
         self.prob = prob
 
     def forward(self, *inputs: Any) -> Any:
